@@ -1,0 +1,68 @@
+"""Every API error is `{"errors": [{"field": ..., "message": ...}]}`, with paths like `changes[3].identities.Foo`."""
+
+from typing import Any
+
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+Error = tuple[str, str]
+
+
+class InvalidInput(exceptions.APIException):
+    """Raised by our own validators with ready-made (field path, message) pairs."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, errors: list[Error]):
+        super().__init__("Invalid input.")
+        self.errors = errors
+
+
+def flatten(detail: Any, path: str = "") -> list[Error]:
+    """Turn DRF's nested error detail into (field path, message) pairs."""
+    if isinstance(detail, dict):
+        errors = []
+        for key, value in detail.items():
+            if key in ("non_field_errors", "detail"):
+                child = path or "body"
+            else:
+                child = f"{path}.{key}" if path else str(key)
+            errors.extend(flatten(value, child))
+        return errors
+    if isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            return [(path or "body", str(item)) for item in detail]
+        errors = []
+        for index, item in enumerate(detail):
+            if item:
+                errors.extend(flatten(item, f"{path}[{index}]"))
+        return errors
+    return [(path or "body", str(detail))]
+
+
+def error_response(errors: list[Error], status_code: int) -> Response:
+    return Response({"errors": [{"field": field, "message": message} for field, message in errors]}, status=status_code)
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, InvalidInput):
+        return error_response(exc.errors, 400)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = flatten(exc.detail)
+    elif isinstance(exc, exceptions.ParseError):
+        errors = [("body", f"Not valid JSON: {exc.detail}")]
+    else:
+        errors = [("", str(getattr(exc, "detail", exc)))]
+    response.data = {"errors": [{"field": field, "message": message} for field, message in errors]}
+    return response
+
+
+def not_found(request, *args, **kwargs) -> JsonResponse:
+    return JsonResponse({"errors": [{"field": "", "message": "Not found."}]}, status=404)

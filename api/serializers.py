@@ -1,0 +1,274 @@
+"""Request and response shapes of the HTTP API (contract section 7). Types are strict: no "true" for true."""
+
+from typing import Any
+
+from rest_framework import serializers
+
+from audiences.identities import IDENTITY_KEYS, MAX_IDENTITY_LENGTH
+from audiences.models import Audience, User
+from integrations.models import ACCESS_KEY_ID_PATTERN, STREAM_NAME_PATTERN, Configuration, Connection, SystemAlert
+from integrations.regions import FIREHOSE_REGIONS
+
+from .validation import text_error
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class TextField(serializers.CharField):
+    """A string field that also refuses non-strings, NUL characters and unpaired surrogates."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("Must be a string.")
+        message = text_error(data, max_length=self.max_length or 10_000, allow_empty=True)
+        if message:
+            raise serializers.ValidationError(message)
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError("Must be an integer.")
+        return super().to_internal_value(data)
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, instead of ignoring them silently."""
+
+    def to_internal_value(self, data: Any) -> dict:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": ["Must be a JSON object."]})
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+        return super().to_internal_value(data)
+
+
+# --- audiences --------------------------------------------------------------------------------------------------
+
+
+class AudienceSerializer(StrictSerializer):
+    id = serializers.IntegerField(read_only=True)
+    internal_name = TextField(max_length=255)
+    external_name = TextField(max_length=255, required=False, allow_blank=True, default="")
+    member_count = serializers.IntegerField(read_only=True)
+
+    def validate_internal_name(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("Must not be blank.")
+        return value
+
+
+class AudienceUpdateSerializer(AudienceSerializer):
+    internal_name = TextField(max_length=255, required=False)
+    external_name = TextField(max_length=255, required=False, allow_blank=True)
+
+
+class ChangeSerializer(serializers.Serializer):
+    """For the OpenAPI document; requests are validated by api.validation.parse_changes."""
+
+    user_id = serializers.CharField(max_length=256)
+    is_member = serializers.BooleanField()
+    identities = serializers.DictField(child=serializers.CharField(max_length=MAX_IDENTITY_LENGTH), required=False)
+    timestamp = serializers.IntegerField(required=False, min_value=0, help_text="Unix seconds of the change.")
+
+
+class ChangesRequestSerializer(serializers.Serializer):
+    changes = ChangeSerializer(many=True, help_text="At most 10,000 changes, validated as a whole.")
+
+
+class ChangesResponseSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    ignored = serializers.IntegerField(help_text="Stale changes and changes that changed nothing.")
+
+
+class UserIdentitiesSerializer(serializers.Serializer):
+    identities = serializers.DictField(
+        child=serializers.CharField(max_length=MAX_IDENTITY_LENGTH),
+        help_text=f"Identity keys: {', '.join(IDENTITY_KEYS)}.",
+    )
+
+
+class UserSerializer(serializers.ModelSerializer):
+    user_id = serializers.CharField(source="external_id")
+
+    class Meta:
+        model = User
+        fields = ["user_id", "identities", "updated_at"]
+
+
+# --- configurations ---------------------------------------------------------------------------------------------
+
+
+class ConfigurationSerializer(StrictSerializer):
+    """The secret is write-only: it is accepted, encrypted, and never returned."""
+
+    id = serializers.IntegerField(read_only=True)
+    name = TextField(max_length=255)
+    access_key_id = serializers.RegexField(
+        ACCESS_KEY_ID_PATTERN,
+        max_length=128,
+        error_messages={"invalid": "Must be 16-128 upper-case letters and digits."},
+    )
+    secret_access_key = TextField(max_length=256, write_only=True, min_length=1)
+    send_remove_on_identity_change = StrictBooleanField(required=False, default=True)
+    endpoint_url = serializers.URLField(required=False, allow_blank=True, default="", max_length=200)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
+
+    def validate_name(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("Must not be blank.")
+        queryset = Configuration.objects.filter(name=value)
+        if self.instance is not None:
+            queryset = queryset.exclude(pk=self.instance.pk)
+        if queryset.exists():
+            raise serializers.ValidationError("A configuration with this name exists.")
+        return value
+
+    def validate_secret_access_key(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("Must not be blank.")
+        return value
+
+    def validate_endpoint_url(self, value: str) -> str:
+        if value and not value.lower().startswith(("http://", "https://")):
+            raise serializers.ValidationError("Must be an http or https URL.")
+        return value
+
+
+class ConfigurationUpdateSerializer(ConfigurationSerializer):
+    name = TextField(max_length=255, required=False)
+    access_key_id = serializers.RegexField(
+        ACCESS_KEY_ID_PATTERN,
+        max_length=128,
+        required=False,
+        error_messages={"invalid": "Must be 16-128 upper-case letters and digits."},
+    )
+    secret_access_key = TextField(max_length=256, write_only=True, required=False, min_length=1)
+    send_remove_on_identity_change = StrictBooleanField(required=False)
+    endpoint_url = serializers.URLField(required=False, allow_blank=True, max_length=200)
+
+
+# --- connections ------------------------------------------------------------------------------------------------
+
+
+class ResyncSerializer(serializers.Serializer):
+    running = serializers.BooleanField()
+    total = serializers.IntegerField()
+    queued = serializers.IntegerField()
+
+
+class ConnectionSerializer(StrictSerializer):
+    id = serializers.IntegerField(read_only=True)
+    audience = StrictIntegerField()
+    configuration = StrictIntegerField()
+    stream_name = serializers.RegexField(
+        STREAM_NAME_PATTERN, max_length=64, error_messages={"invalid": "Must be 1-64 letters, digits, '_', '.' or '-'."}
+    )
+    region = serializers.ChoiceField(choices=FIREHOSE_REGIONS, required=False, default="us-east-1")
+    send_anonymous_users = StrictBooleanField(required=False, default=True)
+    forward_email_addresses = StrictBooleanField(required=False, default=True)
+    forward_customer_ids = StrictBooleanField(required=False, default=True)
+    forward_idfas = StrictBooleanField(required=False, default=True)
+    forward_google_advertising_ids = StrictBooleanField(required=False, default=True)
+    identities_to_exclude = serializers.ListField(
+        child=serializers.ChoiceField(choices=IDENTITY_KEYS),
+        required=False,
+        default=list,
+        max_length=len(IDENTITY_KEYS),
+    )
+    append_newline = StrictBooleanField(required=False, default=True)
+    status = serializers.CharField(read_only=True)
+    backlog = serializers.IntegerField(read_only=True)
+    delivered = serializers.IntegerField(read_only=True, source="delivered_count")
+    failed = serializers.IntegerField(read_only=True, source="failed_count")
+    anonymous_skipped = serializers.IntegerField(read_only=True, source="anonymous_skipped_count")
+    last_delivered_at = serializers.DateTimeField(read_only=True)
+    last_error = serializers.CharField(read_only=True)
+    last_error_at = serializers.DateTimeField(read_only=True)
+    stream_arn = serializers.CharField(read_only=True)
+    resync = serializers.SerializerMethodField()
+
+    def get_resync(self, connection: Connection) -> dict:
+        return {
+            "running": connection.resync_running,
+            "total": connection.resync_total,
+            "queued": connection.resync_queued,
+        }
+
+    def validate_audience(self, value: int) -> Audience:
+        audience = Audience.objects.live().filter(pk=value).first()
+        if audience is None:
+            raise serializers.ValidationError(f"No audience with id {value}.")
+        return audience
+
+    def validate_configuration(self, value: int) -> Configuration:
+        configuration = Configuration.objects.filter(pk=value).first()
+        if configuration is None:
+            raise serializers.ValidationError(f"No configuration with id {value}.")
+        return configuration
+
+
+class ConnectionUpdateSerializer(ConnectionSerializer):
+    audience = serializers.IntegerField(read_only=True, source="audience_id")
+    configuration = StrictIntegerField(required=False)
+    stream_name = serializers.RegexField(
+        STREAM_NAME_PATTERN,
+        max_length=64,
+        required=False,
+        error_messages={"invalid": "Must be 1-64 letters, digits, '_', '.' or '-'."},
+    )
+    region = serializers.ChoiceField(choices=FIREHOSE_REGIONS, required=False)
+    send_anonymous_users = StrictBooleanField(required=False)
+    forward_email_addresses = StrictBooleanField(required=False)
+    forward_customer_ids = StrictBooleanField(required=False)
+    forward_idfas = StrictBooleanField(required=False)
+    forward_google_advertising_ids = StrictBooleanField(required=False)
+    identities_to_exclude = serializers.ListField(
+        child=serializers.ChoiceField(choices=IDENTITY_KEYS), required=False, max_length=len(IDENTITY_KEYS)
+    )
+    append_newline = StrictBooleanField(required=False)
+
+
+class ConnectionTestSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    stream_status = serializers.CharField()
+    stream_arn = serializers.CharField()
+    error = serializers.CharField()
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    connection = serializers.IntegerField(source="connection_id")
+    open = serializers.BooleanField(source="is_open")
+
+    class Meta:
+        model = SystemAlert
+        fields = [
+            "id",
+            "connection",
+            "type",
+            "count",
+            "first_seen",
+            "last_seen",
+            "last_message",
+            "open",
+            "acknowledged_at",
+        ]
+
+
+class ErrorItemSerializer(serializers.Serializer):
+    field = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    errors = ErrorItemSerializer(many=True)

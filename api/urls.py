@@ -1,0 +1,21 @@
+from django.urls import path, re_path
+
+from . import views
+from .errors import not_found
+
+urlpatterns = [
+    path("audiences", views.AudienceListView.as_view()),
+    path("audiences/<int:audience_id>", views.AudienceDetailView.as_view()),
+    path("audiences/<int:audience_id>/changes", views.AudienceChangesView.as_view()),
+    path("users/<str:user_id>", views.UserView.as_view()),
+    path("configurations", views.ConfigurationListView.as_view()),
+    path("configurations/<int:configuration_id>", views.ConfigurationDetailView.as_view()),
+    path("connections", views.ConnectionListView.as_view()),
+    path("connections/<int:connection_id>", views.ConnectionDetailView.as_view()),
+    path("connections/<int:connection_id>/test", views.ConnectionTestView.as_view()),
+    path("connections/<int:connection_id>/resync", views.ConnectionResyncView.as_view()),
+    path("connections/<int:connection_id>/pause", views.ConnectionPauseView.as_view()),
+    path("connections/<int:connection_id>/resume", views.ConnectionResumeView.as_view()),
+    path("alerts", views.AlertListView.as_view()),
+    re_path(r"^.*$", not_found),
+]

@@ -1,0 +1,282 @@
+from functools import cached_property
+
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from audiences.identities import IDENTITY_KEY_SET
+from audiences.models import Audience, MembershipChange, User
+
+from . import crypto
+from .regions import FIREHOSE_REGIONS, QUOTA_REGIONS
+
+STREAM_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,64}$"
+ACCESS_KEY_ID_PATTERN = r"^[A-Z0-9]{16,128}$"
+
+
+def validate_identity_keys(value: object) -> None:
+    from django.core.exceptions import ValidationError
+
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError("Must be a list of identity keys.")
+    unknown = [item for item in value if item not in IDENTITY_KEY_SET]
+    if unknown:
+        raise ValidationError(f"Unknown identity keys: {', '.join(unknown)}.")
+
+
+def validate_region(value: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    if value not in FIREHOSE_REGIONS:
+        raise ValidationError(f"'{value}' is not a Firehose region code (for example us-east-1).")
+
+
+class Configuration(models.Model):
+    """Configuration Settings: the IAM credentials, reused by many connections. The secret is encrypted at rest."""
+
+    name = models.CharField(max_length=255, unique=True)
+    access_key_id = models.CharField(
+        "Access Key ID",
+        max_length=128,
+        validators=[RegexValidator(ACCESS_KEY_ID_PATTERN, "Must be 16-128 upper-case letters and digits.")],
+    )
+    encrypted_secret_access_key = models.TextField(editable=False)
+    send_remove_on_identity_change = models.BooleanField(
+        "Send Remove On Identity Change",
+        default=True,
+        help_text="When a member's identities change, first send IsMember false with the old identities.",
+    )
+    endpoint_url = models.URLField(
+        "Endpoint URL",
+        blank=True,
+        default="",
+        help_text="Optional: a VPC endpoint or a local emulator, http or https.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def secret_access_key(self) -> str:
+        return crypto.decrypt(self.encrypted_secret_access_key)
+
+    @secret_access_key.setter
+    def secret_access_key(self, value: str) -> None:
+        self.encrypted_secret_access_key = crypto.encrypt(value)
+
+    @property
+    def access_key_hint(self) -> str:
+        return f"…{self.access_key_id[-4:]}" if self.access_key_id else ""
+
+
+class Connection(models.Model):
+    """Connection Settings: one audience forwarded to one delivery stream."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "active"
+        PAUSED = "paused", "paused"
+        FAULTED = "faulted", "faulted"
+
+    audience = models.ForeignKey(Audience, on_delete=models.PROTECT, related_name="connections")
+    configuration = models.ForeignKey(Configuration, on_delete=models.PROTECT, related_name="connections")
+    stream_name = models.CharField(
+        "Delivery Stream Name",
+        max_length=64,
+        validators=[RegexValidator(STREAM_NAME_PATTERN, "Must be 1-64 letters, digits, '_', '.' or '-'.")],
+    )
+    region = models.CharField("Region", max_length=32, default="us-east-1", validators=[validate_region])
+    send_anonymous_users = models.BooleanField("Send Anonymous Users", default=True)
+    forward_email_addresses = models.BooleanField("Forward Email Addresses", default=True)
+    forward_customer_ids = models.BooleanField("Forward Customer IDs", default=True)
+    forward_idfas = models.BooleanField("Forward IDFAs", default=True)
+    forward_google_advertising_ids = models.BooleanField("Forward Google Advertising IDs", default=True)
+    identities_to_exclude = models.JSONField(
+        "Identities To Exclude", default=list, blank=True, validators=[validate_identity_keys]
+    )
+    append_newline = models.BooleanField(
+        "Append Newline", default=True, help_text="End every record with \\n (newline-delimited JSON in S3)."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+
+    # Last outcomes, for one-glance status.
+    delivered_count = models.PositiveBigIntegerField(default=0, editable=False)
+    failed_count = models.PositiveBigIntegerField(default=0, editable=False)
+    anonymous_skipped_count = models.PositiveBigIntegerField(default=0, editable=False)
+    last_delivered_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="", editable=False)
+    last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stream_arn = models.CharField(max_length=255, blank=True, default="", editable=False)
+    last_tested_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # Delivery state.
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Set after a failed request: nothing is sent before then."
+    )
+    batch_permitted = models.BooleanField(
+        default=True, editable=False, help_text="False once PutRecordBatch was denied: records go one by one."
+    )
+    lease_token = models.CharField(max_length=32, blank=True, default="", editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    resync_cursor = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="Membership id up to which the running resync has queued."
+    )
+    resync_total = models.PositiveBigIntegerField(default=0, editable=False)
+    resync_queued = models.PositiveBigIntegerField(default=0, editable=False)
+    resync_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.audience.name} → {self.stream_name} ({self.region})"
+
+    @property
+    def account_id(self) -> str:
+        parts = self.stream_arn.split(":")
+        return parts[4] if len(parts) > 5 else ""
+
+    @cached_property
+    def excluded_identity_keys(self) -> frozenset[str]:
+        excluded = set(self.identities_to_exclude or [])
+        if not self.forward_email_addresses:
+            excluded.add("Email")
+        if not self.forward_customer_ids:
+            excluded.add("CustomerId")
+        if not self.forward_idfas:
+            excluded.add("AppleAdvertisingIdentifier")
+        if not self.forward_google_advertising_ids:
+            excluded.add("GoogleAdvertisingIdentifier")
+        return frozenset(excluded)
+
+    @property
+    def quota_records_per_second(self) -> int:
+        return 500_000 if self.region in QUOTA_REGIONS else 100_000
+
+    @property
+    def resync_running(self) -> bool:
+        return self.resync_cursor is not None
+
+
+class DeliveryQuerySet(models.QuerySet):
+    def pending(self) -> "DeliveryQuerySet":
+        return self.filter(status=Delivery.Status.PENDING)
+
+    def due(self) -> "DeliveryQuerySet":
+        return self.pending().filter(next_attempt_at__lte=timezone.now())
+
+
+class Delivery(models.Model):
+    """One record to send on one connection. Pending rows form the connection's backlog, sent in id order."""
+
+    class Kind(models.IntegerChoices):
+        CHANGE = 1, "membership change"
+        RESYNC = 2, "resync"
+        AUDIENCE_DELETED = 3, "audience deleted"
+
+    class Status(models.IntegerChoices):
+        PENDING = 1, "pending"
+        DELIVERED = 2, "delivered"
+        SKIPPED = 3, "skipped"
+        FAILED = 4, "failed"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="deliveries")
+    kind = models.PositiveSmallIntegerField(choices=Kind.choices)
+    change = models.ForeignKey(MembershipChange, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    is_member = models.BooleanField(null=True)
+    uses_previous_identities = models.BooleanField(
+        default=False, help_text="The IsMember false record of an identity change carries the old identities."
+    )
+    timestamp = models.BigIntegerField(help_text="The record's MembershipChangedTimestamp.")
+    status = models.PositiveSmallIntegerField(choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True, default="")
+    last_attempt = models.ForeignKey(
+        "DeliveryAttempt", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    objects = DeliveryQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["connection", "id"], condition=Q(status=1), name="delivery_backlog_idx"),
+            models.Index(fields=["connection", "status", "created_at"], name="delivery_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery #{self.pk}"
+
+
+class DeliveryAttempt(models.Model):
+    """One request sent to Firehose: how many records, what came back, how long it took."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", "delivered"
+        PARTIAL = "partial", "partially failed"
+        RETRYABLE = "retryable", "failed, will retry"
+        PERMANENT = "permanent", "failed permanently"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="attempts")
+    operation = models.CharField(max_length=32)
+    records = models.PositiveIntegerField()
+    failed_records = models.PositiveIntegerField(default=0)
+    bytes = models.PositiveBigIntegerField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error_code = models.CharField(max_length=128, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["connection", "started_at"], name="attempt_connection_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.operation} of {self.records} records: {self.get_outcome_display()}"
+
+
+class SystemAlert(models.Model):
+    """One connection and one alert type, with how often and when it happened."""
+
+    class Type(models.TextChoices):
+        RETRY_LIMIT_EXCEEDED = "Retry Limit Exceeded", "Retry Limit Exceeded"
+        INTERNAL_SERVER_ERROR = "500 - Internal Server Error", "500 - Internal Server Error"
+        ACCESS_DENIED = "Access Denied", "Access Denied"
+        STREAM_NOT_FOUND = "Stream Not Found", "Stream Not Found"
+        STREAM_NOT_ACTIVE = "Stream Not Active", "Stream Not Active"
+        RECORD_TOO_LARGE = "Record Too Large", "Record Too Large"
+        BATCH_NOT_PERMITTED = "Batch Not Permitted", "Batch Not Permitted"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="alerts")
+    type = models.CharField(max_length=64, choices=Type.choices)
+    count = models.PositiveBigIntegerField(default=1)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    last_message = models.TextField(blank=True, default="")
+    acknowledged = models.BooleanField(default=False)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "system alert"
+        ordering = ["-last_seen"]
+        constraints = [models.UniqueConstraint(fields=["connection", "type"], name="alert_unique_connection_type")]
+
+    def __str__(self) -> str:
+        return f"{self.type} on connection #{self.connection_id}"
+
+    @property
+    def is_open(self) -> bool:
+        return not self.acknowledged

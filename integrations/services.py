@@ -1,0 +1,227 @@
+"""Writes for configurations and connections: create, change, test, pause, resume, resync, and the outbox."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from audiences.models import Audience, MembershipChange
+
+from . import firehose
+from .models import Configuration, Connection, Delivery
+
+logger = logging.getLogger(__name__)
+
+DELIVERY_INSERT_BATCH = 2000
+
+
+# --- kicks ------------------------------------------------------------------------------------------------------
+
+
+def connection_kick(connection_id: int) -> None:
+    """Ask a worker to drain a connection. Best effort: when the broker is down, the beat sweep kicks it later."""
+    from .tasks import drain_connection
+
+    try:
+        drain_connection.apply_async((connection_id,), expires=300)
+    except Exception:  # noqa: BLE001 - a lost kick is recovered by the sweep, it must not fail the caller
+        logger.warning("Could not queue a drain of connection %s; the sweep will pick it up.", connection_id)
+
+
+def connections_kick_on_commit(connection_ids: Iterable[int]) -> None:
+    for connection_id in sorted(set(connection_ids)):
+        transaction.on_commit(lambda connection_id=connection_id: connection_kick(connection_id))
+
+
+# --- the outbox -------------------------------------------------------------------------------------------------
+
+
+def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> set[int]:
+    """Write the deliveries of freshly saved changes, in change order. Returns the connections concerned.
+
+    Must run inside the transaction that saved the changes: a change and its deliveries commit together.
+    """
+    audience_ids = {change.audience_id for change in changes}
+    connections: dict[int, list[tuple[int, bool]]] = {}
+    for connection_id, audience_id, send_remove in Connection.objects.filter(audience_id__in=audience_ids).values_list(
+        "id", "audience_id", "configuration__send_remove_on_identity_change"
+    ):
+        connections.setdefault(audience_id, []).append((connection_id, send_remove))
+    if not connections:
+        return set()
+    now = timezone.now()
+    deliveries = []
+    for change in changes:
+        for connection_id, send_remove in connections.get(change.audience_id, ()):
+            common = dict(
+                connection_id=connection_id,
+                kind=Delivery.Kind.CHANGE,
+                change_id=change.pk,
+                user_id=change.user_id,
+                timestamp=change.timestamp,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            if change.kind == MembershipChange.Kind.IDENTITIES_CHANGED and send_remove:
+                deliveries.append(Delivery(is_member=False, uses_previous_identities=True, **common))
+            deliveries.append(Delivery(is_member=change.is_member, **common))
+    Delivery.objects.bulk_create(deliveries, batch_size=DELIVERY_INSERT_BATCH)
+    connection_ids = {connection_id for items in connections.values() for connection_id, _ in items}
+    connections_kick_on_commit(connection_ids)
+    return connection_ids
+
+
+def deliveries_create_for_audience_deletion(*, audience: Audience, timestamp: int) -> None:
+    """One `AudienceDeleted` record per connection, queued after everything already pending."""
+    now = timezone.now()
+    connection_ids = list(audience.connections.values_list("id", flat=True))
+    Delivery.objects.bulk_create(
+        Delivery(
+            connection_id=connection_id,
+            kind=Delivery.Kind.AUDIENCE_DELETED,
+            timestamp=timestamp,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for connection_id in connection_ids
+    )
+    Connection.objects.filter(pk__in=connection_ids).update(resync_cursor=None)
+    connections_kick_on_commit(connection_ids)
+
+
+# --- configurations ---------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def configuration_create(
+    *,
+    name: str,
+    access_key_id: str,
+    secret_access_key: str,
+    send_remove_on_identity_change: bool = True,
+    endpoint_url: str = "",
+) -> Configuration:
+    configuration = Configuration(
+        name=name,
+        access_key_id=access_key_id,
+        send_remove_on_identity_change=send_remove_on_identity_change,
+        endpoint_url=endpoint_url,
+    )
+    configuration.secret_access_key = secret_access_key
+    configuration.full_clean()
+    configuration.save()
+    return configuration
+
+
+@transaction.atomic
+def configuration_update(*, configuration: Configuration, secret_access_key: str = "", **fields: Any) -> Configuration:
+    """Change settings. A blank secret keeps the stored one; any other value replaces it."""
+    for field, value in fields.items():
+        setattr(configuration, field, value)
+    if secret_access_key:
+        configuration.secret_access_key = secret_access_key
+    configuration.full_clean()
+    configuration.save()
+    return configuration
+
+
+# --- connections ------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def connection_create(*, audience: Audience, configuration: Configuration, **settings: Any) -> Connection:
+    """Create a connection; an active one starts its initial sync (one IsMember true record per member)."""
+    connection = Connection(audience=audience, configuration=configuration, **settings)
+    connection.full_clean()
+    connection.save()
+    if connection.status == Connection.Status.ACTIVE:
+        connection_resync(connection=connection)
+    return connection
+
+
+@transaction.atomic
+def connection_update(*, connection: Connection, **settings: Any) -> Connection:
+    for field, value in settings.items():
+        setattr(connection, field, value)
+    connection.full_clean()
+    connection.save()
+    connections_kick_on_commit([connection.pk])
+    return connection
+
+
+@transaction.atomic
+def connection_resync(*, connection: Connection) -> Connection:
+    """After the backlog, send one IsMember true record for every current member, with current identities."""
+    audience = Audience.objects.get(pk=connection.audience_id)
+    if audience.is_deleted:
+        return connection
+    now = timezone.now()
+    Connection.objects.filter(pk=connection.pk).update(
+        resync_cursor=0, resync_total=audience.member_count, resync_queued=0, resync_requested_at=now
+    )
+    connection.refresh_from_db()
+    connections_kick_on_commit([connection.pk])
+    return connection
+
+
+def connection_pause(*, connection: Connection) -> Connection:
+    Connection.objects.filter(pk=connection.pk).update(status=Connection.Status.PAUSED, updated_at=timezone.now())
+    connection.refresh_from_db()
+    return connection
+
+
+@transaction.atomic
+def connection_resume(*, connection: Connection) -> Connection:
+    """Back to active with a fresh retry budget: the backlog is sent in order."""
+    Connection.objects.filter(pk=connection.pk).update(
+        status=Connection.Status.ACTIVE,
+        consecutive_failures=0,
+        next_attempt_at=None,
+        batch_permitted=True,
+        updated_at=timezone.now(),
+    )
+    connection.refresh_from_db()
+    connections_kick_on_commit([connection.pk])
+    return connection
+
+
+@dataclass(frozen=True)
+class ConnectionTestResult:
+    ok: bool
+    stream_status: str = ""
+    stream_arn: str = ""
+    error: str = ""
+
+
+def connection_credentials(connection: Connection) -> firehose.Credentials:
+    configuration = connection.configuration
+    return firehose.Credentials(
+        access_key_id=configuration.access_key_id,
+        secret_access_key=configuration.secret_access_key,
+        region=connection.region,
+        endpoint_url=configuration.endpoint_url,
+    )
+
+
+def connection_test(*, connection: Connection) -> ConnectionTestResult:
+    """DescribeDeliveryStream: the stream's status and ARN, or what went wrong in plain words."""
+    try:
+        stream = firehose.describe_delivery_stream(connection_credentials(connection), connection.stream_name)
+    except firehose.FirehoseError as error:
+        Connection.objects.filter(pk=connection.pk).update(last_tested_at=timezone.now())
+        return ConnectionTestResult(ok=False, error=error.plain_words)
+    Connection.objects.filter(pk=connection.pk).update(stream_arn=stream.arn, last_tested_at=timezone.now())
+    connection.stream_arn = stream.arn
+    if stream.status != "ACTIVE":
+        return ConnectionTestResult(
+            ok=False,
+            stream_status=stream.status,
+            stream_arn=stream.arn,
+            error=f"The delivery stream is {stream.status}, not ACTIVE: it cannot accept records yet.",
+        )
+    return ConnectionTestResult(ok=True, stream_status=stream.status, stream_arn=stream.arn)

@@ -1,0 +1,191 @@
+"""Settings, all read from the environment (and `.env` when present). `.env.example` documents every variable."""
+
+import base64
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+
+
+def _encryption_keys() -> list[str]:
+    keys = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+    if not keys:
+        if not DEBUG:
+            raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS must be set when DEBUG is off.")
+        # Development only: a stable key derived from SECRET_KEY, so a local database stays readable.
+        digest = hashlib.sha256(("field-encryption:" + SECRET_KEY).encode()).digest()
+        keys = [base64.urlsafe_b64encode(digest).decode()]
+    from cryptography.fernet import Fernet
+
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(
+                f"FIELD_ENCRYPTION_KEYS: key {position} is not a valid Fernet key (32 url-safe base64 bytes)."
+            ) from exc
+    return keys
+
+
+FIELD_ENCRYPTION_KEYS = _encryption_keys()
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "audiences",
+    "integrations",
+    "api",
+]
+
+MIDDLEWARE = [
+    "api.middleware.RequestBodyLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "project.wsgi.application"
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file (not in-memory) test database, so that worker processes started by the tests can open it too.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(BASE_DIR / "var" / "test_db.sqlite3")
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# The API refuses larger bodies with 413 before reading them (api.middleware).
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=16 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+API_MAX_CHANGES_PER_REQUEST = 10_000
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.HasScope"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Firehose Audience Forwarder API",
+    "DESCRIPTION": "Feed audience membership changes; every change becomes one Amazon Kinesis Data Firehose record "
+    "per connected delivery stream.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Delivery ---------------------------------------------------------------------------------------------------
+# Consecutive failed requests on one connection before it becomes `faulted` with a `Retry Limit Exceeded` alert.
+FIREHOSE_RETRY_LIMIT = env.int("FIREHOSE_RETRY_LIMIT", default=8)
+# Exponential backoff with jitter: the n-th retry waits between half and all of min(cap, base * 2**(n-1)) seconds.
+FIREHOSE_BACKOFF_BASE_SECONDS = env.float("FIREHOSE_BACKOFF_BASE_SECONDS", default=1.0)
+FIREHOSE_BACKOFF_CAP_SECONDS = env.float("FIREHOSE_BACKOFF_CAP_SECONDS", default=300.0)
+FIREHOSE_CONNECT_TIMEOUT_SECONDS = env.float("FIREHOSE_CONNECT_TIMEOUT_SECONDS", default=5.0)
+FIREHOSE_READ_TIMEOUT_SECONDS = env.float("FIREHOSE_READ_TIMEOUT_SECONDS", default=15.0)
+# A drain task holds its connection's lease this long; it renews it between batches. A crashed worker's lease
+# expires, and the sweep hands the connection to another worker. Must exceed the client timeouts above.
+DRAIN_LEASE_SECONDS = env.int("DRAIN_LEASE_SECONDS", default=60)
+# A drain task stops after this long and re-queues itself, so that one busy connection cannot hog a worker.
+DRAIN_TIME_BUDGET_SECONDS = env.float("DRAIN_TIME_BUDGET_SECONDS", default=20.0)
+SWEEP_INTERVAL_SECONDS = env.float("SWEEP_INTERVAL_SECONDS", default=2.0)
+
+# --- Celery -------------------------------------------------------------------------------------------------------
+# The database is the source of truth: Celery only carries "drain connection N" kicks, and the beat sweep
+# re-kicks anything whose kick was lost. So a lost or duplicated task costs latency, never a record.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# Acknowledge after the task ran, so a worker killed mid-drain leaves its kick to be redelivered.
+CELERY_TASK_ACKS_LATE = True
+# With acks_late, a task whose worker process died is re-queued instead of being acknowledged as failed.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A drain runs for up to DRAIN_TIME_BUDGET_SECONDS: prefetching more kicks would only park them behind it.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# No task is ever scheduled with a countdown or ETA (retries live in `next_attempt_at` in the database), so an
+# unacknowledged kick is only redelivered after this timeout, well beyond any drain's time budget.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# A kick published while Redis is down must fail fast: the change is already committed and the sweep recovers it.
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "sweep-connections": {
+        "task": "integrations.tasks.sweep_connections",
+        "schedule": timedelta(seconds=SWEEP_INTERVAL_SECONDS),
+        "options": {"expires": SWEEP_INTERVAL_SECONDS * 5},
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
+}

@@ -1,0 +1,15 @@
+"""Settings for the test suite: fixed throwaway keys, fast retries. Everything else comes from project.settings."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
+os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "Jz1H0yhqPaF1jeSSoUi6vN4ez8HdDDQHO4FrUt8ht4E=")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("FIREHOSE_BACKOFF_BASE_SECONDS", "0.05")
+os.environ.setdefault("FIREHOSE_BACKOFF_CAP_SECONDS", "1")
+os.environ.setdefault("FIREHOSE_RETRY_LIMIT", "3")
+os.environ.setdefault("SWEEP_INTERVAL_SECONDS", "1")
+
+from .settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

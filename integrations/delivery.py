@@ -227,7 +227,10 @@ def _queue_resync_page(connection: Connection) -> bool:
     with transaction.atomic():
         members = list(
             Membership.objects.filter(
-                audience_id=connection.audience_id, is_member=True, pk__gt=connection.resync_cursor or 0
+                audience_id=connection.audience_id,
+                is_member=True,
+                pk__gt=connection.resync_cursor or 0,
+                pk__lte=connection.resync_until or 0,
             )
             .order_by("pk")
             .values_list("pk", "user_id", "last_changed_timestamp")[:RESYNC_PAGE_SIZE]

@@ -6,6 +6,7 @@ System Alert, if any, it maps to. Messages are scrubbed of the credentials befor
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -62,6 +63,10 @@ PLAIN_WORDS: dict[str, str] = {
 }
 
 
+_XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+
+
 @dataclass(frozen=True)
 class Credentials:
     access_key_id: str
@@ -81,7 +86,7 @@ class FirehoseError(Exception):
 
     @property
     def is_access_denied(self) -> bool:
-        return self.code in ACCESS_DENIED_CODES
+        return self.alert == ALERT_ACCESS_DENIED
 
     @property
     def plain_words(self) -> str:
@@ -106,7 +111,7 @@ def client_for(credentials: Credentials) -> Any:
         client = _clients.get(credentials)
         if client is None:
             config = Config(
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=settings.FIREHOSE_CONNECT_TIMEOUT_SECONDS,
                 read_timeout=settings.FIREHOSE_READ_TIMEOUT_SECONDS,
                 max_pool_connections=4,
@@ -136,8 +141,14 @@ def classify(exc: Exception, credentials: Credentials) -> FirehoseError:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code") or "Unknown")
-        message = scrub(str(error.get("Message") or ""), credentials)
+        message = str(error.get("Message") or "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if message.lstrip().startswith("<"):
+            # Some gateways and emulators answer a JSON-protocol call with an XML error document.
+            inner_code, inner_message = _XML_CODE.search(message), _XML_MESSAGE.search(message)
+            code = inner_code.group(1) if inner_code else code
+            message = inner_message.group(1) if inner_message else message
+        message = scrub(message, credentials)
         if code in PERMANENT_CODES:
             return FirehoseError(code, message, retryable=False, alert=PERMANENT_CODES[code], status=status)
         if code == "InvalidArgumentException" and "size" in message.lower():

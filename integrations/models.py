@@ -127,6 +127,9 @@ class Connection(models.Model):
     resync_cursor = models.BigIntegerField(
         null=True, blank=True, editable=False, help_text="Membership id up to which the running resync has queued."
     )
+    resync_until = models.BigIntegerField(
+        null=True, blank=True, editable=False, help_text="The last membership id that existed when the resync began."
+    )
     resync_total = models.PositiveBigIntegerField(default=0, editable=False)
     resync_queued = models.PositiveBigIntegerField(default=0, editable=False)
     resync_requested_at = models.DateTimeField(null=True, blank=True, editable=False)

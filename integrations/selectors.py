@@ -1,6 +1,7 @@
 """Reads for connections and alerts, shared by the admin and the API."""
 
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from .models import Connection, Delivery, SystemAlert
 
@@ -38,3 +39,17 @@ def alerts_list(*, connection_id: int | None = None, open: bool | None = None) -
     if open is not None:
         alerts = alerts.filter(acknowledged=not open)
     return alerts
+
+
+def connections_with_backlog(queryset: QuerySet[Connection] | None = None) -> QuerySet[Connection]:
+    """Connections annotated with `backlog` (pending deliveries) in the same query: one correlated count per row,
+    each on the backlog's partial index, instead of one query per connection."""
+    queryset = Connection.objects.all() if queryset is None else queryset
+    pending = (
+        Delivery.objects.filter(connection=OuterRef("pk"), status=Delivery.Status.PENDING)
+        .order_by()
+        .values("connection")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    return queryset.annotate(backlog=Coalesce(Subquery(pending), 0))

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from audiences.models import Audience, MembershipChange
+from audiences.models import Audience, Membership, MembershipChange
 
 from . import firehose
 from .models import Configuration, Connection, Delivery
@@ -161,8 +161,14 @@ def connection_resync(*, connection: Connection) -> Connection:
     if audience.is_deleted:
         return connection
     now = timezone.now()
+    # Members who join later get their own change records: the resync covers the memberships that exist now.
+    last_membership = Membership.objects.filter(audience=audience).order_by("-pk").values_list("pk", flat=True).first()
     Connection.objects.filter(pk=connection.pk).update(
-        resync_cursor=0, resync_total=audience.member_count, resync_queued=0, resync_requested_at=now
+        resync_cursor=0,
+        resync_until=last_membership or 0,
+        resync_total=audience.member_count,
+        resync_queued=0,
+        resync_requested_at=now,
     )
     connection.refresh_from_db()
     connections_kick_on_commit([connection.pk])

@@ -1,0 +1,84 @@
+"""Admin forms for Configuration Settings and Connection Settings."""
+
+from django import forms
+
+from audiences.identities import IDENTITY_CHOICES
+from audiences.models import Audience
+
+from .models import Configuration, Connection
+from .regions import REGION_CHOICES
+
+SECRET_FIELD = "secret_access_key"
+
+
+class ConfigurationAdminForm(forms.ModelForm):
+    """The Secret Access Key is write-only: the field never shows a value, and blank on edit keeps the stored one."""
+
+    secret_access_key = forms.CharField(
+        label="Secret Access Key",
+        max_length=256,
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+
+    class Meta:
+        model = Configuration
+        fields = ["name", "access_key_id", SECRET_FIELD, "send_remove_on_identity_change", "endpoint_url"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields[SECRET_FIELD]
+        if self.is_adding:
+            field.required = True
+            field.help_text = "Encrypted at rest and never shown again once saved."
+        else:
+            field.help_text = (
+                "Write-only: the stored secret is never shown. Leave blank to keep it; type a new one to replace it."
+            )
+
+    @property
+    def is_adding(self) -> bool:
+        return self.instance._state.adding
+
+    def clean_secret_access_key(self) -> str:
+        """Blank on add is an error; blank on edit means "keep the stored secret" and comes back as ""."""
+        secret = self.cleaned_data.get(SECRET_FIELD, "")
+        if not secret and self.is_adding:
+            raise forms.ValidationError("Required: the Secret Access Key of the Access Key ID above.")
+        return secret
+
+
+class ConnectionAdminForm(forms.ModelForm):
+    region = forms.ChoiceField(label="Region", choices=REGION_CHOICES, initial="us-east-1")
+    identities_to_exclude = forms.MultipleChoiceField(
+        label="Identities To Exclude",
+        choices=IDENTITY_CHOICES,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="These identities are never forwarded on this connection.",
+    )
+
+    class Meta:
+        model = Connection
+        fields = [
+            "audience",
+            "configuration",
+            "stream_name",
+            "region",
+            "send_anonymous_users",
+            "forward_email_addresses",
+            "forward_customer_ids",
+            "forward_idfas",
+            "forward_google_advertising_ids",
+            "identities_to_exclude",
+            "append_newline",
+        ]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if "audience" in self.fields:
+            self.fields["audience"].queryset = Audience.objects.live()
+
+    def settings(self) -> dict:
+        """The cleaned connection settings, as keyword arguments for connection_create and connection_update."""
+        return {name: value for name, value in self.cleaned_data.items() if name not in ("audience", "configuration")}

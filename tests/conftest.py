@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.utils import timezone
+from moto import mock_aws
+from rest_framework.test import APIClient
+
+from api.services import api_key_create
+from audiences.models import Audience
+from audiences.services import ChangeIn, audience_create, membership_changes_apply
+from integrations.delivery import DrainReport, connection_drain
+from integrations.models import Configuration, Connection
+from integrations.services import configuration_create, connection_create
+
+from .emulator import EmulatedStream
+
+ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_FIREHOSE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def stream(aws: None) -> EmulatedStream:
+    return EmulatedStream().create()
+
+
+@pytest.fixture
+def configuration(db: None) -> Configuration:
+    return configuration_create(name="Travel", access_key_id=ACCESS_KEY_ID, secret_access_key=SECRET_ACCESS_KEY)
+
+
+@pytest.fixture
+def audience(db: None) -> Audience:
+    return audience_create(internal_name="low_engagement", external_name="LowEngagement")
+
+
+@pytest.fixture
+def make_connection(audience: Audience, configuration: Configuration, stream: EmulatedStream):
+    def make(**settings) -> Connection:
+        settings.setdefault("audience", audience)
+        settings.setdefault("configuration", configuration)
+        settings.setdefault("stream_name", stream.name)
+        return connection_create(**settings)
+
+    return make
+
+
+@pytest.fixture
+def connection(make_connection) -> Connection:
+    return make_connection()
+
+
+def apply(audience: Audience, *changes: ChangeIn):
+    return membership_changes_apply(audience=audience, changes=list(changes))
+
+
+def join(user_id: str, timestamp: int | None = None, **identities: str) -> ChangeIn:
+    return ChangeIn(user_id=user_id, is_member=True, identities=identities or None, timestamp=timestamp)
+
+
+def leave(user_id: str, timestamp: int | None = None, **identities: str) -> ChangeIn:
+    return ChangeIn(user_id=user_id, is_member=False, identities=identities or None, timestamp=timestamp)
+
+
+def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
+    """Drain a connection as the worker would, waiting out scheduled retries, until nothing is due or it stops."""
+    total = DrainReport()
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        report = connection_drain(connection.pk, time_budget=max_wait)
+        total.batches += report.batches
+        total.delivered += report.delivered
+        total.skipped += report.skipped
+        total.failed += report.failed
+        connection.refresh_from_db()
+        if connection.status != Connection.Status.ACTIVE:
+            break
+        if connection.next_attempt_at and connection.next_attempt_at > timezone.now():
+            time.sleep(max(0.0, (connection.next_attempt_at - timezone.now()).total_seconds()) + 0.01)
+            continue
+        if not report.more_work and report.batches == 0:
+            break
+    return total
+
+
+@pytest.fixture
+def api_key(db: None) -> str:
+    return api_key_create(name="upstream", scopes=["ingest", "manage"])[1]
+
+
+@pytest.fixture
+def api(api_key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    return client

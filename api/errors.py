@@ -27,6 +27,8 @@ def flatten(detail: Any, path: str = "") -> list[Error]:
         for key, value in detail.items():
             if key in ("non_field_errors", "detail"):
                 child = path or "body"
+            elif isinstance(key, int):
+                child = f"{path}[{key}]"
             else:
                 child = f"{path}.{key}" if path else str(key)
             errors.extend(flatten(value, child))

@@ -40,15 +40,25 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class IdField(StrictIntegerField):
+    """An id in, validated into the object by the serializer's `validate_<field>`; the id out."""
+
+    def to_representation(self, value: Any) -> int:
+        return value.pk if hasattr(value, "pk") else int(value)
+
+
 class StrictSerializer(serializers.Serializer):
     """Refuses fields it does not know, instead of ignoring them silently."""
 
     def to_internal_value(self, data: Any) -> dict:
         if not isinstance(data, dict):
             raise serializers.ValidationError({"body": ["Must be a JSON object."]})
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+        writable = {name for name, field in self.fields.items() if not field.read_only}
+        refused = sorted(set(data) - writable)
+        if refused:
+            raise serializers.ValidationError(
+                {key: ["Read-only field." if key in self.fields else "Unknown field."] for key in refused}
+            )
         return super().to_internal_value(data)
 
 
@@ -99,6 +109,7 @@ class UserIdentitiesSerializer(serializers.Serializer):
 
 class UserSerializer(serializers.ModelSerializer):
     user_id = serializers.CharField(source="external_id")
+    identities = serializers.DictField(child=serializers.CharField())
 
     class Meta:
         model = User
@@ -169,8 +180,8 @@ class ResyncSerializer(serializers.Serializer):
 
 class ConnectionSerializer(StrictSerializer):
     id = serializers.IntegerField(read_only=True)
-    audience = StrictIntegerField()
-    configuration = StrictIntegerField()
+    audience = IdField()
+    configuration = IdField()
     stream_name = serializers.RegexField(
         STREAM_NAME_PATTERN, max_length=64, error_messages={"invalid": "Must be 1-64 letters, digits, '_', '.' or '-'."}
     )
@@ -220,7 +231,7 @@ class ConnectionSerializer(StrictSerializer):
 
 class ConnectionUpdateSerializer(ConnectionSerializer):
     audience = serializers.IntegerField(read_only=True, source="audience_id")
-    configuration = StrictIntegerField(required=False)
+    configuration = IdField(required=False)
     stream_name = serializers.RegexField(
         STREAM_NAME_PATTERN,
         max_length=64,

@@ -1,3 +1,5 @@
+from django.utils import timezone
+
 from .models import ApiKey
 
 
@@ -6,3 +8,8 @@ def api_key_create(*, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
     key = ApiKey.generate()
     api_key = ApiKey.objects.create(name=name, prefix=key[:8], key_hash=ApiKey.hash(key), scopes=sorted(set(scopes)))
     return api_key, key
+
+
+def api_keys_revoke(*, api_key_ids: list[int]) -> int:
+    """Revoke keys: the API refuses them from now on. Returns how many were still active."""
+    return ApiKey.objects.filter(pk__in=api_key_ids, revoked_at__isnull=True).update(revoked_at=timezone.now())

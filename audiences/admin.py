@@ -107,7 +107,8 @@ class AudienceAdmin(admin.ModelAdmin):
         the protected connections.)"""
         audiences = list(objs)
         perms_needed = set() if self.has_delete_permission(request) else {self.opts.verbose_name}
-        return [str(audience) for audience in audiences], {self.opts.verbose_name_plural: len(audiences)}, perms_needed, []
+        model_count = {self.opts.verbose_name_plural: len(audiences)}
+        return [str(audience) for audience in audiences], model_count, perms_needed, []
 
 
 @admin.register(User)

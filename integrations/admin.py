@@ -6,10 +6,13 @@ Every write goes through a service (integrations.services, integrations.alerts);
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.paginator import Paginator
+from django.db import connection as db_connection
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -61,6 +64,26 @@ def _admin_link(obj: Any, label: str | None = None) -> str:
         return "-"
     url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
     return format_html('<a href="{}">{}</a>', url, label or str(obj))
+
+
+class EstimatedCountPaginator(Paginator):
+    """For the delivery logs: an unfiltered list on PostgreSQL takes the planner's row estimate instead of a COUNT(*)
+    over the whole table. Filtered lists, small tables and other databases count exactly."""
+
+    ESTIMATE_FROM = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if db_connection.vendor == "postgresql" and isinstance(queryset, QuerySet) and not queryset.query.where:
+            with db_connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [queryset.model._meta.db_table]
+                )
+                row = cursor.fetchone()
+            if row and row[0] >= self.ESTIMATE_FROM:
+                return row[0]
+        return super().count
 
 
 class ConnectionListFilter(admin.RelatedFieldListFilter):
@@ -163,7 +186,7 @@ CONNECTION_STATUS = [
     "next_attempt_at",
     "batch_permitted",
 ]
-CONNECTION_STREAM = ["stream_arn", "last_tested_at", "iam_policy"]
+CONNECTION_STREAM = ["stream_arn_text", "last_tested_at", "iam_policy"]
 
 
 @admin.register(Connection)
@@ -231,7 +254,30 @@ class ConnectionAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
         obj._state.adding = False
 
+    def get_deleted_objects(self, objs, request):
+        """Counts instead of Django's walk over every delivery (a busy connection has millions of them). Deleting
+        a connection deletes its deliveries, attempts and alerts with it: the delivery logs' own read-only rules do
+        not apply here."""
+        connections = list(objs)
+        ids = [connection.pk for connection in connections]
+        backlog = Delivery.objects.filter(connection_id__in=ids, status=Delivery.Status.PENDING).count()
+        model_count = {
+            Connection._meta.verbose_name_plural: len(connections),
+            Delivery._meta.verbose_name_plural: Delivery.objects.filter(connection_id__in=ids).count(),
+            DeliveryAttempt._meta.verbose_name_plural: DeliveryAttempt.objects.filter(connection_id__in=ids).count(),
+            SystemAlert._meta.verbose_name_plural: SystemAlert.objects.filter(connection_id__in=ids).count(),
+        }
+        summary = [str(connection) for connection in connections]
+        if backlog:
+            summary.append(f"{_plural(backlog, 'record')} still waiting in the backlog, which will never be sent")
+        perms_needed = set() if self.has_delete_permission(request) else {Connection._meta.verbose_name}
+        return summary, model_count, perms_needed, []
+
     # --- columns and read-only fields ---
+
+    @admin.display(description="Stream ARN")
+    def stream_arn_text(self, obj: Connection) -> str:
+        return obj.stream_arn or "- (found by Test connection)"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Connection) -> str:
@@ -445,6 +491,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     ordering = ["-id"]
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
     list_per_page = 100
 
     @admin.display(description="last error")
@@ -472,6 +519,7 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
     date_hierarchy = "started_at"
     ordering = ["-id"]
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
     list_per_page = 100
 
     @admin.display(description="error message")

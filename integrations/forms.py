@@ -9,6 +9,7 @@ from .models import Configuration, Connection
 from .regions import REGION_CHOICES
 
 SECRET_FIELD = "secret_access_key"
+SECRET_REQUIRED = "Required: the Secret Access Key of the Access Key ID above."
 
 
 class ConfigurationAdminForm(forms.ModelForm):
@@ -30,6 +31,7 @@ class ConfigurationAdminForm(forms.ModelForm):
         field = self.fields[SECRET_FIELD]
         if self.is_adding:
             field.required = True
+            field.error_messages["required"] = SECRET_REQUIRED
             field.help_text = "Encrypted at rest and never shown again once saved."
         else:
             field.help_text = (
@@ -44,7 +46,7 @@ class ConfigurationAdminForm(forms.ModelForm):
         """Blank on add is an error; blank on edit means "keep the stored secret" and comes back as ""."""
         secret = self.cleaned_data.get(SECRET_FIELD, "")
         if not secret and self.is_adding:
-            raise forms.ValidationError("Required: the Secret Access Key of the Access Key ID above.")
+            raise forms.ValidationError(SECRET_REQUIRED)
         return secret
 
 

@@ -120,6 +120,10 @@ def fail_entries(indexes_per_call: list[set[int]], calls: list[list[bytes]]) -> 
                 responses.append({"ErrorCode": "InternalFailure", "ErrorMessage": "Internal service failure."})
             else:
                 responses.append(next(stored_iter))
-        return {"FailedPutCount": len(failing & set(range(len(records)))), "Encrypted": False, "RequestResponses": responses}
+        return {
+            "FailedPutCount": len(failing & set(range(len(records)))),
+            "Encrypted": False,
+            "RequestResponses": responses,
+        }
 
     return batch

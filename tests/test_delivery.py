@@ -1,5 +1,6 @@
 """The delivery engine against the emulated Firehose: batching, partial failure, fallback, backoff, lifecycle."""
 
+import itertools
 import json
 
 import boto3
@@ -92,7 +93,7 @@ def test_throttling_is_retried_with_growing_delays_then_delivered(connection, au
     attempts = list(DeliveryAttempt.objects.filter(connection=connection).order_by("id"))
     assert [attempt.outcome for attempt in attempts] == ["retryable"] * 3 + ["delivered"]
     assert all(attempt.error_code == "ServiceUnavailableException" for attempt in attempts[:3])
-    gaps = [(later.started_at - earlier.started_at).total_seconds() for earlier, later in zip(attempts, attempts[1:])]
+    gaps = [(later.started_at - earlier.started_at).total_seconds() for earlier, later in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.025 and gaps[1] >= 0.05 and gaps[2] >= 0.1
     assert gaps[0] < gaps[2]
     assert customer_ids(stream.records()) == ["user-0", "user-1", "user-2"]
@@ -148,7 +149,9 @@ def test_a_paused_connection_accumulates_and_resume_sends_the_backlog_in_order(c
 
     connection_resume(connection=connection)
     drain(connection)
-    assert [(r["IsMember"], r["UserIdentities"]["CustomerId"], r["MembershipChangedTimestamp"]) for r in stream.records()] == [
+    assert [
+        (r["IsMember"], r["UserIdentities"]["CustomerId"], r["MembershipChangedTimestamp"]) for r in stream.records()
+    ] == [
         (True, "c1", "100"),
         (True, "c2", "100"),
         (False, "c1", "101"),

@@ -1,4 +1,4 @@
-"""What reaches the stream, decoded from the emulated S3 destination and compared with the contract (sections 1, 2, 4)."""
+"""What reaches the stream, decoded from the emulated S3 destination, against the contract (sections 1, 2, 4)."""
 
 import json
 
@@ -244,7 +244,9 @@ def test_each_users_records_arrive_in_the_order_of_their_changes(connection, aud
             user_id = f"user-{user}"
             is_member = round_number % 2 == 0
             identities = {"CustomerId": f"{user_id}-v{round_number // 4}"}
-            changes.append(join(user_id, 1000 + round_number, **identities) if is_member else leave(user_id, 1000 + round_number))
+            changes.append(
+                join(user_id, 1000 + round_number, **identities) if is_member else leave(user_id, 1000 + round_number)
+            )
             expected.setdefault(user_id, []).append((is_member, str(1000 + round_number)))
         apply(audience, *changes)
     assert sum(len(sequence) for sequence in expected.values()) >= 2000

@@ -47,6 +47,9 @@ class User(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        verbose_name = "audience user"
+
     def __str__(self) -> str:
         return self.external_id
 

@@ -90,7 +90,13 @@ class _ChangeLog:
 
     def save(self) -> None:
         if self.users:
-            User.objects.bulk_update(list(self.users.values()), ["identities", "updated_at"], batch_size=1000)
+            User.objects.bulk_create(
+                list(self.users.values()),
+                batch_size=1000,
+                update_conflicts=True,
+                unique_fields=["external_id"],
+                update_fields=["identities", "updated_at"],
+            )
         if self.memberships:
             Membership.objects.bulk_create(
                 list(self.memberships.values()),
@@ -107,33 +113,49 @@ class _ChangeLog:
             deliveries_create_for_changes(self.changes)
 
 
-def _lock_users(external_ids: list[str]) -> dict[str, User]:
-    """Create missing users, then lock them all (in id order, so that concurrent requests cannot deadlock)."""
+def _lock_users(first_identities: dict[str, Identities | None]) -> dict[str, User]:
+    """Create missing users (with the identities they first come with), then lock them all, in id order so that
+    concurrent requests cannot deadlock."""
+    external_ids = list(first_identities)
     existing = set(User.objects.filter(external_id__in=external_ids).values_list("external_id", flat=True))
-    missing = [User(external_id=external_id) for external_id in external_ids if external_id not in existing]
+    missing = [
+        User(external_id=external_id, identities=first_identities[external_id] or {})
+        for external_id in external_ids
+        if external_id not in existing
+    ]
     if missing:
         User.objects.bulk_create(missing, batch_size=1000, ignore_conflicts=True)
     locked = User.objects.select_for_update(no_key=True).filter(external_id__in=external_ids).order_by("pk")
     return {user.external_id: user for user in locked}
 
 
+def _member_elsewhere(users: list[User], audience_id: int | None) -> dict[int, list[Membership]]:
+    """The live memberships of these users outside one audience, by user."""
+    memberships: dict[int, list[Membership]] = {}
+    if not users:
+        return memberships
+    queryset = Membership.objects.filter(
+        user__in=[user.pk for user in users], is_member=True, audience__deleted_at__isnull=True
+    )
+    if audience_id is not None:
+        queryset = queryset.exclude(audience_id=audience_id)
+    for membership in queryset:
+        memberships.setdefault(membership.user_id, []).append(membership)
+    return memberships
+
+
 def _identities_changed(
-    log: _ChangeLog, user: User, identities: Identities, timestamp: int, *, skip_audience_id: int | None
+    log: _ChangeLog, user: User, identities: Identities, timestamp: int, memberships: list[Membership]
 ) -> None:
-    """Replace a user's identities, and log an identity change in every live audience where the user is a member."""
+    """Replace a user's identities, and log an identity change in each of the given memberships."""
     previous = user.identities
     user.identities = identities
     user.updated_at = timezone.now()
     log.users[user.pk] = user
-    memberships = Membership.objects.filter(user=user, is_member=True, audience__deleted_at__isnull=True)
     for membership in memberships:
-        key = (membership.audience_id, user.pk)
-        membership = log.memberships.get(key, membership)
-        if membership.audience_id == skip_audience_id or not membership.is_member:
-            continue
         membership.last_changed_timestamp = max(membership.last_changed_timestamp, timestamp)
-        membership.updated_at = timezone.now()
-        log.memberships[key] = membership
+        membership.updated_at = user.updated_at
+        log.memberships[(membership.audience_id, user.pk)] = membership
         log.add(
             audience_id=membership.audience_id,
             user=user,
@@ -152,63 +174,56 @@ def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn]) -> 
         raise AudienceDeleted(audience.pk)
     result = ApplyResult()
     now = now_timestamp()
-    users = _lock_users(list(dict.fromkeys(change.user_id for change in changes)))
+    first_identities: dict[str, Identities | None] = {}
+    for change in changes:
+        first_identities.setdefault(change.user_id, change.identities)
+    users = _lock_users(first_identities)
+    memberships = {
+        membership.user_id: membership
+        for membership in Membership.objects.filter(audience=audience, user__in=[user.pk for user in users.values()])
+    }
+    changing = {
+        users[change.user_id].pk: users[change.user_id]
+        for change in changes
+        if change.identities is not None and change.identities != users[change.user_id].identities
+    }
+    elsewhere = _member_elsewhere(list(changing.values()), audience.pk)
     log = _ChangeLog()
-    for membership in Membership.objects.filter(audience=audience, user__in=[u.pk for u in users.values()]):
-        log.memberships[(audience.pk, membership.user_id)] = membership
-    current = dict(log.memberships)
-    log.memberships.clear()  # only memberships that change are written back
 
     for change in changes:
         user = users[change.user_id]
-        key = (audience.pk, user.pk)
-        membership = log.memberships.get(key) or current.get(key)
+        membership = memberships.get(user.pk)
         timestamp = now if change.timestamp is None else change.timestamp
         if membership is not None and timestamp < membership.last_changed_timestamp:
             result.stale += 1
             continue
-        new_identities = change.identities
-        identities_differ = new_identities is not None and new_identities != user.identities
-        if change.is_member:
-            if membership is not None and membership.is_member:
-                if not identities_differ:
-                    result.ignored += 1
-                    continue
-                previous = user.identities
-                _identities_changed(log, user, new_identities, timestamp, skip_audience_id=audience.pk)
-                membership.last_changed_timestamp = timestamp
-                membership.updated_at = timezone.now()
-                log.memberships[key] = membership
-                log.add(
-                    audience=audience,
-                    user=user,
-                    kind=MembershipChange.Kind.IDENTITIES_CHANGED,
-                    timestamp=timestamp,
-                    identities=new_identities,
-                    previous_identities=previous,
-                )
-                result.accepted += 1
-                continue
-            if identities_differ:
-                _identities_changed(log, user, new_identities, timestamp, skip_audience_id=audience.pk)
-            kind = MembershipChange.Kind.JOINED
-            delta = 1
-        else:
-            if membership is None or not membership.is_member:
-                result.ignored += 1
-                continue
-            if identities_differ:
-                _identities_changed(log, user, new_identities, timestamp, skip_audience_id=audience.pk)
-            kind = MembershipChange.Kind.LEFT
-            delta = -1
+        is_member = membership is not None and membership.is_member
+        identities_differ = change.identities is not None and change.identities != user.identities
+        if change.is_member == is_member and not (is_member and identities_differ):
+            result.ignored += 1
+            continue
+        previous = user.identities
+        if identities_differ:
+            _identities_changed(log, user, change.identities, timestamp, elsewhere.get(user.pk, []))
         if membership is None:
-            membership = Membership(audience=audience, user=user, last_changed_timestamp=timestamp)
+            membership = memberships[user.pk] = Membership(audience=audience, user=user)
+        if change.is_member and is_member:
+            kind = MembershipChange.Kind.IDENTITIES_CHANGED
+        else:
+            kind = MembershipChange.Kind.JOINED if change.is_member else MembershipChange.Kind.LEFT
+            log.member_deltas[audience.pk] = log.member_deltas.get(audience.pk, 0) + (1 if change.is_member else -1)
         membership.is_member = change.is_member
         membership.last_changed_timestamp = timestamp
         membership.updated_at = timezone.now()
-        log.memberships[key] = membership
-        log.member_deltas[audience.pk] = log.member_deltas.get(audience.pk, 0) + delta
-        log.add(audience=audience, user=user, kind=kind, timestamp=timestamp, identities=user.identities)
+        log.memberships[(audience.pk, user.pk)] = membership
+        log.add(
+            audience=audience,
+            user=user,
+            kind=kind,
+            timestamp=timestamp,
+            identities=user.identities,
+            previous_identities=previous if kind == MembershipChange.Kind.IDENTITIES_CHANGED else None,
+        )
         result.accepted += 1
 
     result.ignored += result.stale
@@ -222,9 +237,9 @@ def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn]) -> 
 @transaction.atomic
 def user_identities_update(*, user_id: str, identities: Identities) -> User:
     """Replace a user's identities; every audience where the user is a member gets an identity change."""
-    user = _lock_users([user_id])[user_id]
+    user = _lock_users({user_id: identities})[user_id]
     if identities != user.identities:
         log = _ChangeLog()
-        _identities_changed(log, user, identities, now_timestamp(), skip_audience_id=None)
+        _identities_changed(log, user, identities, now_timestamp(), _member_elsewhere([user], None).get(user.pk, []))
         log.save()
     return user

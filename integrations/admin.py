@@ -106,14 +106,13 @@ class ConfigurationAdmin(admin.ModelAdmin):
         settings = ["name", "access_key_id", SECRET_FIELD, "send_remove_on_identity_change", "endpoint_url"]
         if obj is None:
             return [("Configuration Settings", {"fields": settings})]
-        settings.insert(2, "access_key")
         return [
             ("Configuration Settings", {"fields": settings}),
             ("Used by", {"fields": ["connection_links", "created_at", "updated_at"]}),
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Configuration | None = None):
-        return ["access_key", "connection_links", "created_at", "updated_at"] if obj else []
+        return ["connection_links", "created_at", "updated_at"] if obj else []
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Configuration]:
         return super().get_queryset(request).annotate(connection_count=Count("connections"))

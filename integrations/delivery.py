@@ -115,7 +115,18 @@ def connection_drain(connection_id: int, *, time_budget: float | None = None) ->
     finally:
         if token:
             _lease_release(connection_id, token)
+    if token and not report.more_work:
+        # A change committed between the last empty claim and the release found the lease taken: look once more.
+        report.more_work = connection_has_due_work(connection_id)
     return report
+
+
+def connection_has_due_work(connection_id: int) -> bool:
+    connection = Connection.objects.filter(pk=connection_id).only("status", "next_attempt_at", "resync_cursor").first()
+    if connection is None or not _is_sendable(connection, timezone.now()):
+        return False
+    pending = Delivery.objects.filter(connection_id=connection_id, status=Delivery.Status.PENDING)
+    return connection.resync_running or pending.exists()
 
 
 def _is_sendable(connection: Connection, now: datetime) -> bool:
@@ -440,17 +451,10 @@ def _fault(connection: Connection, alert: str, message: str) -> None:
 def connections_sweep() -> list[int]:
     """Kick every active connection with due work and no live drain. Recovers lost kicks and scheduled retries."""
     now = timezone.now()
-    due = Connection.objects.filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
-        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now),
-        status=Connection.Status.ACTIVE,
-    ).values_list("pk", "resync_cursor")
-    kicked = []
-    for connection_id, resync_cursor in due:
-        if (
-            resync_cursor is not None
-            or Delivery.objects.filter(connection_id=connection_id, status=Delivery.Status.PENDING).exists()
-        ):
-            connection_kick(connection_id)
-            kicked.append(connection_id)
+    idle = Connection.objects.filter(
+        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now), status=Connection.Status.ACTIVE
+    ).values_list("pk", flat=True)
+    kicked = [connection_id for connection_id in idle if connection_has_due_work(connection_id)]
+    for connection_id in kicked:
+        connection_kick(connection_id)
     return kicked

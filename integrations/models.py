@@ -274,6 +274,7 @@ class SystemAlert(models.Model):
 
     class Meta:
         verbose_name = "system alert"
+        verbose_name_plural = "System Alerts"
         ordering = ["-last_seen"]
         constraints = [models.UniqueConstraint(fields=["connection", "type"], name="alert_unique_connection_type")]
 

@@ -298,3 +298,33 @@ def test_the_iam_policy_is_filled_in_once_tested(connection, statuses):
         "firehose:PutRecord",
         "firehose:PutRecordBatch",
     ]
+
+
+def test_a_record_over_1000_kib_is_failed_with_an_alert_and_the_rest_goes_on(connection, audience, stream):
+    from audiences.models import User
+
+    members(audience, 2)
+    User.objects.filter(external_id="user-0").update(identities={"CustomerId": "x" * (1000 * 1024)})
+    connection_resync(connection=connection)
+    Delivery.objects.filter(kind=Delivery.Kind.CHANGE).update(status=Delivery.Status.DELIVERED)
+    drain(connection)
+
+    assert customer_ids(stream.records()) == ["user-1"]
+    failed = Delivery.objects.get(connection=connection, status=Delivery.Status.FAILED)
+    assert failed.user.external_id == "user-0"
+    alert = SystemAlert.objects.get(connection=connection)
+    assert alert.type == "Record Too Large" and connection.status == "active"
+    connection.refresh_from_db()
+    assert connection.failed_count == 1
+
+
+def test_the_sweep_kicks_only_connections_with_due_work(connection, make_connection, audience, db):
+    from integrations.delivery import connections_sweep
+
+    idle = make_connection(stream_name="idle-stream")
+    Connection.objects.filter(pk=idle.pk).update(resync_cursor=None)
+    apply(audience, join("u1"))
+    Delivery.objects.filter(connection=idle).update(status=Delivery.Status.DELIVERED)
+    assert connections_sweep() == [connection.pk]
+    connection_pause(connection=connection)
+    assert connections_sweep() == []

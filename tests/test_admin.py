@@ -1,0 +1,599 @@
+"""The Django admin: Configuration Settings, Connection Settings, System Alerts, the delivery logs, audiences,
+users and API keys. Each test drives the admin like an operator would and checks what the operator (or the
+database, or AWS) ends up seeing. AWS is moto; nothing of ours is mocked."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.models import LogEntry
+from django.contrib.messages import get_messages
+from django.db import connection as db_connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
+from rest_framework.test import APIClient
+
+from api.models import ApiKey
+from audiences.models import Audience, User
+from audiences.services import ChangeIn, audience_create, membership_changes_apply
+from integrations.alerts import alert_raise
+from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
+from integrations.services import configuration_create, connection_create, connection_pause
+
+pytestmark = pytest.mark.django_db
+
+ACCESS_KEY_ID = "AKIAADMINTEST0000001"
+SECRET = "s3cr3t/Admin+Key+NeverShown0123456789abcd"
+OTHER_SECRET = "an0ther/Secret+Key+AlsoNeverShown987654321"
+
+
+def url(name: str, *args: object) -> str:
+    return reverse(f"admin:{name}", args=args)
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def result_rows(page: str) -> str:
+    """The changelist's table of results, without the filters beside it."""
+    return page.split('id="result_list"')[1].split("</table>")[0]
+
+
+def run_action(client, changelist: str, action: str, objects, **extra: str):
+    data = {"action": action, ACTION_CHECKBOX_NAME: [str(obj.pk) for obj in objects], **extra}
+    return client.post(url(changelist), data)
+
+
+def configuration_form(**overrides: str) -> dict[str, str]:
+    data = {
+        "name": "Travel",
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET,
+        "send_remove_on_identity_change": "on",
+        "endpoint_url": "",
+    }
+    data.update(overrides)
+    return data
+
+
+def add_members(audience: Audience, *user_ids: str) -> None:
+    membership_changes_apply(
+        audience=audience,
+        changes=[ChangeIn(user_id=user_id, is_member=True, identities={"CustomerId": user_id}) for user_id in user_ids],
+    )
+
+
+@pytest.fixture
+def aws_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 must talk to moto, not to an endpoint or profile set in the environment."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_FIREHOSE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def travel() -> Configuration:
+    return configuration_create(name="Travel", access_key_id=ACCESS_KEY_ID, secret_access_key=SECRET)
+
+
+@pytest.fixture
+def low_engagement() -> Audience:
+    return audience_create(internal_name="low_engagement", external_name="LowEngagement")
+
+
+@pytest.fixture
+def paused_connection(low_engagement: Audience, travel: Configuration) -> Connection:
+    """A connection created paused: no initial sync runs, so the tests can see what an action starts."""
+    return connection_create(
+        audience=low_engagement, configuration=travel, stream_name="audience-stream", status="paused"
+    )
+
+
+@pytest.fixture
+def active_connection(low_engagement: Audience, travel: Configuration) -> Connection:
+    return connection_create(audience=low_engagement, configuration=travel, stream_name="audience-stream")
+
+
+# --- every page renders -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "audiences_audience",
+        "audiences_user",
+        "integrations_configuration",
+        "integrations_connection",
+        "integrations_systemalert",
+        "integrations_delivery",
+        "integrations_deliveryattempt",
+        "api_apikey",
+    ],
+)
+def test_every_changelist_renders(admin_client, active_connection, model):
+    add_members(active_connection.audience, "p.fogg138")
+    alert_raise(connection=active_connection, type=SystemAlert.Type.ACCESS_DENIED, message="denied")
+    assert admin_client.get(url(f"{model}_changelist")).status_code == 200
+
+
+def test_the_seed_words_name_the_pages(admin_client, active_connection):
+    assert "Configuration Settings" in admin_client.get(url("integrations_configuration_changelist")).text
+    assert "Configuration Settings" in admin_client.get(url("integrations_configuration_add")).text
+    assert "Connection Settings" in admin_client.get(url("integrations_connection_changelist")).text
+    assert "Connection Settings" in admin_client.get(url("integrations_connection_add")).text
+    assert "System Alerts" in admin_client.get(url("integrations_systemalert_changelist")).text
+
+
+# --- Configuration Settings: the write-only secret ----------------------------------------------------------------
+
+
+def test_the_add_page_asks_for_the_secret_in_an_empty_password_field(admin_client):
+    page = admin_client.get(url("integrations_configuration_add")).text
+
+    assert 'type="password" name="secret_access_key"' in page
+    assert "never shown again" in page
+
+
+def test_it_creates_a_configuration_whose_secret_is_stored_encrypted_and_never_shown(admin_client):
+    response = admin_client.post(url("integrations_configuration_add"), configuration_form(), follow=True)
+
+    assert response.status_code == 200
+    configuration = Configuration.objects.get(name="Travel")
+    assert SECRET not in configuration.encrypted_secret_access_key
+    assert configuration.secret_access_key == SECRET
+    assert SECRET not in response.text
+    for page in (
+        url("integrations_configuration_changelist"),
+        url("integrations_configuration_change", configuration.pk),
+        url("integrations_configuration_history", configuration.pk),
+    ):
+        assert SECRET not in admin_client.get(page).text, page
+    assert not any(SECRET in entry.change_message for entry in LogEntry.objects.all())
+
+
+def test_it_shows_only_the_last_four_characters_of_the_access_key_id_in_the_list(admin_client, travel):
+    page = admin_client.get(url("integrations_configuration_changelist")).text
+
+    assert "…0001" in page
+    assert ACCESS_KEY_ID not in page
+
+
+def test_it_refuses_a_new_configuration_without_a_secret(admin_client):
+    response = admin_client.post(url("integrations_configuration_add"), configuration_form(secret_access_key=""))
+
+    assert response.status_code == 200
+    assert "Required: the Secret Access Key" in response.text
+    assert not Configuration.objects.exists()
+
+
+def test_a_blank_secret_on_edit_keeps_the_stored_one(admin_client, travel):
+    response = admin_client.post(
+        url("integrations_configuration_change", travel.pk),
+        configuration_form(name="Travel EU", secret_access_key="", send_remove_on_identity_change=""),
+    )
+
+    assert response.status_code == 302
+    travel.refresh_from_db()
+    assert travel.name == "Travel EU"
+    assert travel.send_remove_on_identity_change is False
+    assert travel.secret_access_key == SECRET
+
+
+def test_a_new_secret_on_edit_replaces_the_old_one_and_is_not_shown_either(admin_client, travel):
+    change = url("integrations_configuration_change", travel.pk)
+    response = admin_client.post(change, configuration_form(secret_access_key=OTHER_SECRET))
+
+    assert response.status_code == 302
+    travel.refresh_from_db()
+    assert travel.secret_access_key == OTHER_SECRET
+    assert OTHER_SECRET not in travel.encrypted_secret_access_key
+    page = admin_client.get(change).text
+    assert OTHER_SECRET not in page and SECRET not in page
+    assert "Leave blank to keep it" in page
+    history = admin_client.get(url("integrations_configuration_history", travel.pk)).text
+    assert "Secret Access Key" in history
+    assert OTHER_SECRET not in history
+
+
+def test_the_secret_is_marked_sensitive_in_error_reports(admin_client, travel):
+    for page in (url("integrations_configuration_add"), url("integrations_configuration_change", travel.pk)):
+        response = admin_client.post(page, configuration_form(access_key_id="not a key id"))
+        assert response.wsgi_request.sensitive_post_parameters == ("secret_access_key",)
+
+
+# --- Connection Settings --------------------------------------------------------------------------------------------
+
+
+def test_creating_a_connection_in_the_admin_starts_the_initial_sync(admin_client, low_engagement, travel):
+    add_members(low_engagement, "p.fogg138", "passepartout")
+
+    response = admin_client.post(
+        url("integrations_connection_add"),
+        {
+            "audience": low_engagement.pk,
+            "configuration": travel.pk,
+            "stream_name": "audience-stream",
+            "region": "eu-west-1",
+            "send_anonymous_users": "on",
+            "forward_email_addresses": "on",
+            "forward_customer_ids": "on",
+            "forward_idfas": "on",
+            "identities_to_exclude": ["FacebookId", "TwitterId"],
+            "append_newline": "on",
+        },
+    )
+
+    assert response.status_code == 302, response.content
+    connection = Connection.objects.get()
+    assert connection.resync_cursor is not None
+    assert connection.resync_total == 2
+    assert connection.status == Connection.Status.ACTIVE
+    assert connection.region == "eu-west-1"
+    assert connection.identities_to_exclude == ["FacebookId", "TwitterId"]
+    assert connection.forward_google_advertising_ids is False
+
+
+def test_the_add_form_offers_regions_and_identities_as_choices(admin_client, low_engagement, travel):
+    page = admin_client.get(url("integrations_connection_add")).text
+
+    assert '<select name="region"' in page
+    assert '<option value="us-east-1" selected>' in page
+    assert 'type="checkbox" name="identities_to_exclude" value="AppleVendorIdentifier"' in page
+
+
+def test_the_add_form_does_not_offer_deleted_audiences(admin_client, low_engagement, travel):
+    gone = audience_create(internal_name="gone")
+    admin_client.post(url("audiences_audience_delete", gone.pk), {"post": "yes"})
+
+    page = admin_client.get(url("integrations_connection_add")).text
+
+    assert f'value="{low_engagement.pk}"' in page
+    assert f'value="{gone.pk}"' not in page
+
+
+def test_editing_a_connection_saves_the_settings_and_keeps_the_audience(admin_client, active_connection, travel):
+    other = audience_create(internal_name="other")
+    response = admin_client.post(
+        url("integrations_connection_change", active_connection.pk),
+        {
+            "audience": other.pk,
+            "configuration": travel.pk,
+            "stream_name": "renamed-stream",
+            "region": "us-west-2",
+            "identities_to_exclude": ["Email"],
+        },
+    )
+
+    assert response.status_code == 302, response.content
+    active_connection.refresh_from_db()
+    assert active_connection.stream_name == "renamed-stream"
+    assert active_connection.region == "us-west-2"
+    assert active_connection.identities_to_exclude == ["Email"]
+    assert active_connection.send_anonymous_users is False
+    assert active_connection.audience_id != other.pk
+
+
+def test_the_changelist_shows_status_and_backlog_in_a_constant_number_of_queries(admin_client, travel):
+    def changelist_queries() -> int:
+        with CaptureQueriesContext(db_connection) as queries:
+            assert admin_client.get(url("integrations_connection_changelist")).status_code == 200
+        return len(queries)
+
+    first = audience_create(internal_name="first")
+    add_members(first, "a", "b", "c")
+    connection_create(audience=first, configuration=travel, stream_name="first-stream", status="paused")
+    add_members(first, "d", "e")  # two changes queued while paused
+    one_connection = changelist_queries()
+
+    for n in range(3):
+        audience = audience_create(internal_name=f"more{n}")
+        connection_create(audience=audience, configuration=travel, stream_name=f"more-{n}")
+        add_members(audience, f"user{n}")
+
+    assert changelist_queries() == one_connection
+    page = admin_client.get(url("integrations_connection_changelist")).text
+    assert '<td class="field-backlog">2</td>' in page
+    assert "paused</span>" in page and "active</span>" in page
+
+
+def test_the_change_page_shows_the_filled_in_iam_policy_and_status(admin_client, active_connection):
+    add_members(active_connection.audience, "p.fogg138")
+
+    page = admin_client.get(url("integrations_connection_change", active_connection.pk)).text
+
+    assert "<pre>{" in page
+    assert "firehose:PutRecordBatch" in page
+    assert "arn:aws:firehose:us-east-1:{account-id}:deliverystream/audience-stream" in page
+    assert "running: 0 of 0 members queued" in page
+    assert '<div class="readonly">1</div>' in page  # the backlog: one change queued
+    assert '<select name="audience"' not in page
+
+
+def test_the_resync_action_asks_for_confirmation_first(admin_client, paused_connection):
+    add_members(paused_connection.audience, "p.fogg138", "passepartout", "fix")
+
+    response = run_action(admin_client, "integrations_connection_changelist", "resync", [paused_connection])
+
+    assert response.status_code == 200
+    assert "Yes, resync" in response.text
+    assert '<input type="hidden" name="post" value="yes">' in response.text
+    assert "<td>3</td>" in response.text  # the audience's member count
+    paused_connection.refresh_from_db()
+    assert paused_connection.resync_cursor is None
+    assert paused_connection.resync_requested_at is None
+
+
+def test_the_resync_action_runs_once_confirmed(admin_client, paused_connection):
+    add_members(paused_connection.audience, "p.fogg138", "passepartout", "fix")
+
+    response = run_action(admin_client, "integrations_connection_changelist", "resync", [paused_connection], post="yes")
+
+    assert response.status_code == 302
+    paused_connection.refresh_from_db()
+    assert paused_connection.resync_cursor == 0
+    assert paused_connection.resync_total == 3
+    assert any("Resync started on 1 connection" in message for message in messages_of(response))
+
+
+def test_pause_and_resume_actions_change_the_status(admin_client, active_connection, travel):
+    other = connection_create(
+        audience=audience_create(internal_name="other"), configuration=travel, stream_name="other"
+    )
+    connection_pause(connection=other)
+
+    response = run_action(admin_client, "integrations_connection_changelist", "pause", [active_connection, other])
+
+    active_connection.refresh_from_db()
+    assert active_connection.status == Connection.Status.PAUSED
+    assert messages_of(response) == [
+        "Paused 1 connection: changes accumulate and nothing is sent. 1 connection was already paused."
+    ]
+    admin_client.get(url("integrations_connection_changelist"))  # shows (and so clears) the messages
+
+    response = run_action(admin_client, "integrations_connection_changelist", "resume", [active_connection, other])
+
+    assert set(Connection.objects.values_list("status", flat=True)) == {Connection.Status.ACTIVE}
+    assert messages_of(response) == ["Resumed 2 connections: the backlog is sent in order."]
+
+
+@mock_aws
+def test_the_test_connection_action_reports_the_stream_arn(admin_client, active_connection, aws_defaults):
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="audience-records")
+    arn = boto3.client("firehose", region_name="us-east-1").create_delivery_stream(
+        DeliveryStreamName="audience-stream",
+        DeliveryStreamType="DirectPut",
+        ExtendedS3DestinationConfiguration={
+            "RoleARN": f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/firehose",
+            "BucketARN": "arn:aws:s3:::audience-records",
+        },
+    )["DeliveryStreamARN"]
+
+    response = run_action(admin_client, "integrations_connection_changelist", "test_connection", [active_connection])
+
+    assert messages_of(response) == [f"{active_connection}: the stream is ACTIVE. ARN: {arn}"]
+    active_connection.refresh_from_db()
+    assert active_connection.stream_arn == arn
+    page = admin_client.get(url("integrations_connection_change", active_connection.pk)).text
+    assert f"arn:aws:firehose:us-east-1:{DEFAULT_ACCOUNT_ID}:deliverystream/audience-stream" in page
+
+
+@mock_aws
+def test_the_test_connection_action_explains_a_missing_stream_in_plain_words(
+    admin_client, active_connection, aws_defaults
+):
+    response = run_action(admin_client, "integrations_connection_changelist", "test_connection", [active_connection])
+
+    [message] = messages_of(response)
+    assert "The delivery stream does not exist in this region." in message
+    assert SECRET not in message
+
+
+def test_the_changelist_warns_about_faulted_connections_and_open_alerts(admin_client, active_connection):
+    Connection.objects.filter(pk=active_connection.pk).update(status=Connection.Status.FAULTED)
+    alert_raise(connection=active_connection, type=SystemAlert.Type.STREAM_NOT_FOUND, message="gone")
+
+    page = admin_client.get(url("integrations_connection_changelist")).text
+
+    assert "1 connection faulted" in page
+    assert "1 open system alert" in page
+
+
+def test_deleting_a_connection_summarises_what_goes_with_it(admin_client, active_connection):
+    add_members(active_connection.audience, "p.fogg138", "passepartout")
+    delete = url("integrations_connection_delete", active_connection.pk)
+
+    confirmation = admin_client.get(delete).text
+
+    assert "2 records still waiting in the backlog, which will never be sent" in confirmation
+    assert "Deliveries: 2" in confirmation
+    admin_client.post(delete, {"post": "yes"})
+    assert not Connection.objects.exists()
+    assert not Delivery.objects.exists()
+    assert Audience.objects.get().member_count == 2
+
+
+# --- System Alerts ------------------------------------------------------------------------------------------------
+
+
+def test_system_alerts_are_read_only(admin_client, active_connection):
+    alert_raise(connection=active_connection, type=SystemAlert.Type.ACCESS_DENIED, message="AccessDenied")
+    alert = SystemAlert.objects.get()
+
+    assert admin_client.get(url("integrations_systemalert_add")).status_code == 403
+    assert admin_client.post(url("integrations_systemalert_change", alert.pk), {"count": 5}).status_code == 403
+    assert admin_client.post(url("integrations_systemalert_delete", alert.pk), {"post": "yes"}).status_code == 403
+    page = admin_client.get(url("integrations_systemalert_change", alert.pk)).text
+    assert 'name="_save"' not in page
+    alert.refresh_from_db()
+    assert alert.count == 1
+
+
+def test_acknowledging_alerts_closes_them_and_the_open_filter_hides_them(admin_client, active_connection):
+    alert_raise(connection=active_connection, type=SystemAlert.Type.ACCESS_DENIED, message="AccessDenied")
+    alert_raise(connection=active_connection, type=SystemAlert.Type.STREAM_NOT_FOUND, message="gone")
+    denied = SystemAlert.objects.get(type=SystemAlert.Type.ACCESS_DENIED)
+
+    response = run_action(admin_client, "integrations_systemalert_changelist", "acknowledge", [denied])
+
+    assert messages_of(response) == ["Acknowledged 1 alert."]
+    denied.refresh_from_db()
+    assert denied.acknowledged is True and denied.acknowledged_at is not None
+    open_page = admin_client.get(url("integrations_systemalert_changelist") + "?open=yes").text
+    assert "Stream Not Found" in open_page
+    assert "Access Denied" not in result_rows(open_page)
+    closed_page = admin_client.get(url("integrations_systemalert_changelist") + "?open=no").text
+    assert "Access Denied" in result_rows(closed_page)
+    by_connection = f"?connection__id__exact={active_connection.pk}"
+    assert admin_client.get(url("integrations_systemalert_changelist") + by_connection).status_code == 200
+
+
+# --- delivery logs ------------------------------------------------------------------------------------------------
+
+
+def test_the_delivery_logs_are_read_only(admin_client, active_connection):
+    add_members(active_connection.audience, "p.fogg138")
+    delivery = Delivery.objects.get()
+
+    assert admin_client.get(url("integrations_delivery_add")).status_code == 403
+    assert admin_client.get(url("integrations_deliveryattempt_add")).status_code == 403
+    assert admin_client.post(url("integrations_delivery_change", delivery.pk), {"status": 2}).status_code == 403
+    assert admin_client.post(url("integrations_delivery_delete", delivery.pk), {"post": "yes"}).status_code == 403
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PENDING
+
+
+def test_the_delivery_logs_filter_by_status_and_fold_long_errors(admin_client, active_connection):
+    add_members(active_connection.audience, "p.fogg138")
+    long_error = "ServiceUnavailableException: Slow down. " + "Rate exceeded for delivery stream. " * 10
+    DeliveryAttempt.objects.create(
+        connection=active_connection,
+        operation="PutRecordBatch",
+        records=1,
+        bytes=120,
+        outcome=DeliveryAttempt.Outcome.RETRYABLE,
+        error_code="ServiceUnavailableException",
+        error_message=long_error,
+        started_at=timezone.now(),
+        duration_ms=12,
+    )
+
+    attempts = admin_client.get(url("integrations_deliveryattempt_changelist") + "?outcome__exact=retryable").text
+    deliveries = admin_client.get(url("integrations_delivery_changelist") + "?status__exact=1").text
+
+    assert f"<details><summary>{long_error[:59]}" in attempts
+    assert "p.fogg138" in deliveries
+    assert 'class="toplinks"' in deliveries  # the date hierarchy
+
+
+# --- audiences and users ------------------------------------------------------------------------------------------
+
+
+def test_deleting_an_audience_in_the_admin_soft_deletes_it(admin_client, active_connection):
+    audience = active_connection.audience
+    add_members(audience, "p.fogg138")
+    delete = url("audiences_audience_delete", audience.pk)
+
+    confirmation = admin_client.get(delete)
+    assert confirmation.status_code == 200
+    assert "AudienceDeleted" in confirmation.text
+
+    response = admin_client.post(delete, {"post": "yes"})
+
+    assert response.status_code == 302
+    audience = Audience.objects.get(pk=audience.pk)
+    assert audience.deleted_at is not None
+    assert audience.memberships.count() == 1
+    assert Delivery.objects.filter(connection=active_connection, kind=Delivery.Kind.AUDIENCE_DELETED).count() == 1
+
+
+def test_the_delete_selected_action_soft_deletes_too(admin_client, low_engagement):
+    other = audience_create(internal_name="other")
+
+    confirmation = run_action(admin_client, "audiences_audience_changelist", "delete_selected", [low_engagement, other])
+    assert confirmation.status_code == 200
+    assert Audience.objects.live().count() == 2
+
+    run_action(admin_client, "audiences_audience_changelist", "delete_selected", [low_engagement, other], post="yes")
+
+    assert Audience.objects.count() == 2
+    assert Audience.objects.live().count() == 0
+
+
+def test_an_audience_is_created_and_renamed_through_the_admin(admin_client):
+    admin_client.post(url("audiences_audience_add"), {"internal_name": "low_engagement", "external_name": ""})
+    audience = Audience.objects.get()
+
+    response = admin_client.post(
+        url("audiences_audience_change", audience.pk),
+        {
+            "internal_name": "low_engagement",
+            "external_name": "LowEngagement",
+            "connections-TOTAL_FORMS": "0",
+            "connections-INITIAL_FORMS": "0",
+        },
+    )
+
+    assert response.status_code == 302, response.content
+    audience.refresh_from_db()
+    assert audience.name == "LowEngagement"
+
+
+def test_the_audience_page_lists_its_connections(admin_client, active_connection):
+    page = admin_client.get(url("audiences_audience_change", active_connection.audience.pk)).text
+
+    assert url("integrations_connection_change", active_connection.pk) in page
+    assert "audience-stream" in page
+
+
+def test_users_are_found_by_user_id_and_cannot_be_edited(admin_client, low_engagement):
+    add_members(low_engagement, "p.fogg138", "passepartout")
+    user = User.objects.get(external_id="p.fogg138")
+
+    page = admin_client.get(url("audiences_user_changelist") + "?q=p.fogg").text
+
+    assert "p.fogg138" in page and "passepartout" not in page
+    assert admin_client.get(url("audiences_user_add")).status_code == 403
+    assert admin_client.post(url("audiences_user_change", user.pk), {"external_id": "x"}).status_code == 403
+    assert "LowEngagement" in admin_client.get(url("audiences_user_change", user.pk)).text
+
+
+# --- API keys -----------------------------------------------------------------------------------------------------
+
+
+def test_an_api_key_created_in_the_admin_is_shown_once_and_stored_hashed(admin_client):
+    response = admin_client.post(url("api_apikey_add"), {"name": "upstream", "scopes": ["ingest", "manage"]})
+
+    [shown] = [message for message in messages_of(response) if "shown this once" in message]
+    key = shown.rsplit(" ", 1)[1]
+    api_key = ApiKey.objects.get()
+    assert api_key.key_hash == ApiKey.hash(key)
+    assert api_key.scopes == ["ingest", "manage"]
+    change = url("api_apikey_change", api_key.pk)
+    assert key in admin_client.get(change).text  # the next page shows the message, once
+    page = admin_client.get(change).text
+    assert key not in page and api_key.key_hash not in page
+    assert 'type="checkbox" name="scopes" value="manage" id="id_scopes_1" checked' in page
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert client.get("/api/v1/alerts").status_code == 200
+
+
+def test_a_revoked_api_key_is_refused(admin_client):
+    created = admin_client.post(url("api_apikey_add"), {"name": "upstream", "scopes": ["manage"]})
+    key = next(m for m in messages_of(created) if "shown this once" in m).rsplit(" ", 1)[1]
+    api_key = ApiKey.objects.get()
+    admin_client.get(url("api_apikey_changelist"))  # shows (and so clears) the messages
+
+    response = run_action(admin_client, "api_apikey_changelist", "revoke", [api_key])
+
+    assert messages_of(response) == ["Revoked 1 API key: the API refuses them from now on."]
+    api_key.refresh_from_db()
+    assert api_key.revoked_at is not None
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert client.get("/api/v1/alerts").status_code == 401

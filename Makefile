@@ -22,7 +22,6 @@ $(PY):
 
 # Reinstall only when requirements.txt changed since the last successful install.
 $(STAMP): requirements.txt | $(PY)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
 
@@ -57,7 +56,7 @@ run: migrate
 	fi; \
 	$(RUN_ENV) exec $(VENV)/bin/honcho start -f Procfile.dev $$procs
 
-records: $(STAMP)
+records: $(STAMP) .env
 	$(PY) manage.py demo_records
 
 test: $(STAMP) | var

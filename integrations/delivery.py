@@ -381,7 +381,10 @@ def _settle(
             error = f"{first.code}: {first.message}"
             throttled = any(failure.code == "ServiceUnavailableException" for failure in failures)
             failures_now = 0 if delivered_ids else connection.consecutive_failures + 1
-            retry_at = now + timedelta(seconds=backoff_seconds(max(1, failures_now))) if throttled else now
+            # Entries that failed alongside delivered ones are resent at once, unless Firehose asked to slow down;
+            # a batch with nothing delivered backs off like a failed request.
+            backoff = throttled or not delivered_ids
+            retry_at = now + timedelta(seconds=backoff_seconds(max(1, failures_now))) if backoff else now
             Delivery.objects.filter(pk__in=failed_ids).update(
                 attempts=F("attempts") + 1, last_attempt=attempt, last_error=error, next_attempt_at=retry_at
             )

@@ -1,4 +1,4 @@
-"""Firehose region codes and their Direct PUT quotas (../shared facts: three regions have the higher quota)."""
+"""Firehose region codes and their Direct PUT quotas (three regions have the higher quota)."""
 
 import boto3
 

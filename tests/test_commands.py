@@ -10,7 +10,6 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from django.core.management import CommandError, call_command
 from django.test import override_settings
-from moto import mock_aws
 
 from api.models import ApiKey
 from integrations.models import Configuration
@@ -156,20 +155,20 @@ STREAM = "stream-under-test"
 
 
 @pytest.fixture
-def aws():
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        firehose = boto3.client("firehose", region_name="us-east-1")
-        firehose.create_delivery_stream(
-            DeliveryStreamName=STREAM,
-            DeliveryStreamType="DirectPut",
-            ExtendedS3DestinationConfiguration={
-                "BucketARN": f"arn:aws:s3:::{BUCKET}",
-                "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
-            },
-        )
-        yield s3, firehose
+def delivered(aws):
+    """A bucket in moto's S3 that a Firehose stream delivers to: (s3 client, firehose client)."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    firehose = boto3.client("firehose", region_name="us-east-1")
+    firehose.create_delivery_stream(
+        DeliveryStreamName=STREAM,
+        DeliveryStreamType="DirectPut",
+        ExtendedS3DestinationConfiguration={
+            "BucketARN": f"arn:aws:s3:::{BUCKET}",
+            "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
+        },
+    )
+    return s3, firehose
 
 
 def record(user: str, is_member: bool = True) -> bytes:
@@ -188,8 +187,8 @@ def read_records(**options) -> list[str]:
     return output.splitlines()
 
 
-def test_demo_records_prints_every_record_of_a_batch_on_its_own_line(aws):
-    _, firehose = aws
+def test_demo_records_prints_every_record_of_a_batch_on_its_own_line(delivered):
+    _, firehose = delivered
     firehose.put_record_batch(
         DeliveryStreamName=STREAM, Records=[{"Data": record("alice")}, {"Data": record("bob", is_member=False)}]
     )
@@ -203,8 +202,8 @@ def test_demo_records_prints_every_record_of_a_batch_on_its_own_line(aws):
     assert lines[-1] == f"2 record line(s) in 1 object(s) of s3://{BUCKET}."
 
 
-def test_demo_records_lists_the_oldest_object_first(aws):
-    s3, _ = aws
+def test_demo_records_lists_the_oldest_object_first(delivered):
+    s3, _ = delivered
     s3.put_object(Bucket=BUCKET, Key="z-written-first", Body=record("first"))
     time.sleep(1.1)  # S3 keeps object times to the second
     s3.put_object(Bucket=BUCKET, Key="a-written-second", Body=record("second"))
@@ -214,10 +213,10 @@ def test_demo_records_lists_the_oldest_object_first(aws):
     assert [line.split("  ")[0] for line in lines[:-1]] == ["z-written-first", "a-written-second"]
 
 
-def test_demo_records_says_so_when_the_bucket_is_empty(aws):
+def test_demo_records_says_so_when_the_bucket_is_empty(delivered):
     assert read_records() == [f"No records in s3://{BUCKET} yet."]
 
 
-def test_demo_records_explains_a_missing_bucket(aws):
+def test_demo_records_explains_a_missing_bucket(delivered):
     with pytest.raises(CommandError, match="Could not read s3://no-such-bucket"):
         run("demo_records", bucket="no-such-bucket", endpoint_url="")

@@ -328,3 +328,16 @@ def test_the_sweep_kicks_only_connections_with_due_work(connection, make_connect
     assert connections_sweep() == [connection.pk]
     connection_pause(connection=connection)
     assert connections_sweep() == []
+
+
+def test_a_batch_whose_entries_all_fail_backs_off_before_the_retry(connection, audience, stream, monkeypatch):
+    members(audience, 2)
+    calls: list[list[bytes]] = []
+    with override_settings(FIREHOSE_RETRY_LIMIT=5, FIREHOSE_BACKOFF_BASE_SECONDS=0.2):
+        with firehose_behaviour(monkeypatch, batch=fail_entries([{0, 1}, {0, 1}], calls)):
+            drain(connection)
+    attempts = list(DeliveryAttempt.objects.filter(connection=connection).order_by("id"))
+    assert [attempt.outcome for attempt in attempts] == ["partial", "partial", "delivered"]
+    gaps = [(later.started_at - earlier.started_at).total_seconds() for earlier, later in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2
+    assert customer_ids(stream.records()) == ["user-0", "user-1"]

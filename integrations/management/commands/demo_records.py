@@ -2,7 +2,8 @@
 
 Firehose concatenates the records of a request into one S3 object; with Append Newline on (the default) every record
 ends with `\\n`, so an object is newline-delimited JSON. Records sent without the newline stay glued together on one
-line, exactly as a consumer of the bucket would see them.
+line, exactly as a consumer of the bucket would see them. S3 keeps object times to the second: objects written in the
+same second are listed by key.
 """
 
 import boto3

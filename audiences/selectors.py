@@ -2,14 +2,9 @@
 
 from django.shortcuts import get_object_or_404
 
-from .models import Audience, MembershipChange, User
+from .models import Audience
 
 
 def audience_get_live(audience_id: int) -> Audience:
     """The audience, or 404 when it does not exist or was deleted."""
     return get_object_or_404(Audience.objects.live(), pk=audience_id)
-
-
-def user_changes(user: User, audience: Audience | None = None):
-    changes = MembershipChange.objects.filter(user=user).order_by("-id")
-    return changes.filter(audience=audience) if audience is not None else changes

@@ -9,7 +9,7 @@ from audiences.identities import IDENTITY_KEY_SET
 from audiences.models import Audience, MembershipChange, User
 
 from . import crypto
-from .regions import FIREHOSE_REGIONS, QUOTA_REGIONS
+from .regions import FIREHOSE_REGIONS
 
 STREAM_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,64}$"
 ACCESS_KEY_ID_PATTERN = r"^[A-Z0-9]{16,128}$"
@@ -162,20 +162,8 @@ class Connection(models.Model):
         return frozenset(excluded)
 
     @property
-    def quota_records_per_second(self) -> int:
-        return 500_000 if self.region in QUOTA_REGIONS else 100_000
-
-    @property
     def resync_running(self) -> bool:
         return self.resync_cursor is not None
-
-
-class DeliveryQuerySet(models.QuerySet):
-    def pending(self) -> "DeliveryQuerySet":
-        return self.filter(status=Delivery.Status.PENDING)
-
-    def due(self) -> "DeliveryQuerySet":
-        return self.pending().filter(next_attempt_at__lte=timezone.now())
 
 
 class Delivery(models.Model):
@@ -210,8 +198,6 @@ class Delivery(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
-
-    objects = DeliveryQuerySet.as_manager()
 
     class Meta:
         verbose_name_plural = "deliveries"

@@ -157,19 +157,7 @@ class ConfigurationAdmin(admin.ModelAdmin):
 
 # --- Connection Settings ----------------------------------------------------------------------------------------
 
-CONNECTION_SETTINGS = [
-    "audience",
-    "configuration",
-    "stream_name",
-    "region",
-    "send_anonymous_users",
-    "forward_email_addresses",
-    "forward_customer_ids",
-    "forward_idfas",
-    "forward_google_advertising_ids",
-    "identities_to_exclude",
-    "append_newline",
-]
+CONNECTION_SETTINGS = ConnectionAdminForm.Meta.fields
 CONNECTION_STATUS = [
     "status_badge",
     "backlog",
@@ -378,29 +366,29 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause selected connections", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
-        paused = 0
-        for connection in queryset.exclude(status=Connection.Status.PAUSED):
-            connection_pause(connection=connection)
-            self.log_change(request, connection, "Paused.")
-            paused += 1
-        unchanged = queryset.count() - paused
-        message = f"Paused {_plural(paused, 'connection')}: changes accumulate and nothing is sent."
-        if unchanged:
-            message += f" {_plural(unchanged, 'connection was', 'connections were')} already paused."
-        self.message_user(request, message, messages.SUCCESS if paused else messages.INFO)
+        self._set_status(
+            request, queryset, connection_pause, Connection.Status.PAUSED, "Paused",
+            "changes accumulate and nothing is sent", "already paused",
+        )  # fmt: skip
 
     @admin.action(description="Resume selected connections (send the backlog)", permissions=["change"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
-        resumed = 0
-        for connection in queryset.exclude(status=Connection.Status.ACTIVE):
-            connection_resume(connection=connection)
-            self.log_change(request, connection, "Resumed.")
-            resumed += 1
-        unchanged = queryset.count() - resumed
-        message = f"Resumed {_plural(resumed, 'connection')}: the backlog is sent in order."
+        self._set_status(
+            request, queryset, connection_resume, Connection.Status.ACTIVE, "Resumed",
+            "the backlog is sent in order", "already active",
+        )  # fmt: skip
+
+    def _set_status(self, request, queryset, service, status, verb: str, effect: str, already: str) -> None:
+        changed = 0
+        for connection in queryset.exclude(status=status):
+            service(connection=connection)
+            self.log_change(request, connection, f"{verb}.")
+            changed += 1
+        unchanged = queryset.count() - changed
+        message = f"{verb} {_plural(changed, 'connection')}: {effect}."
         if unchanged:
-            message += f" {_plural(unchanged, 'connection was', 'connections were')} already active."
-        self.message_user(request, message, messages.SUCCESS if resumed else messages.INFO)
+            message += f" {_plural(unchanged, 'connection was', 'connections were')} {already}."
+        self.message_user(request, message, messages.SUCCESS if changed else messages.INFO)
 
 
 # --- System Alerts ----------------------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
+from django.db import connection as db_connection
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -284,8 +286,7 @@ def _send_batch(connection: Connection, batch: Batch, report: DrainReport) -> No
                 return
             _request_failed(connection, batch.deliveries, attempt, error, report)
             return
-        attempt = _attempt(connection, "PutRecordBatch", batch, started, clock, failures=failures)
-        _settle(connection, batch.deliveries, attempt, failures, report)
+        _with_database_retry(_record_accepted, connection, "PutRecordBatch", batch, started, clock, failures, report)
     else:
         _send_one_by_one(connection, batch, report, credentials)
 
@@ -307,7 +308,7 @@ def _send_one_by_one(
             attempt = _attempt(connection, "PutRecord", single, started, clock, error=error)
             _request_failed(connection, batch.deliveries[position:], attempt, error, report)
             return
-        attempt = _attempt(connection, "PutRecord", single, started, clock, failures=[])
+        _with_database_retry(_record_accepted, connection, "PutRecord", single, started, clock, [], report)
         if batch_denied is not None:
             Connection.objects.filter(pk=connection.pk).update(batch_permitted=False)
             alert_raise(
@@ -318,7 +319,33 @@ def _send_one_by_one(
                 f"({batch_denied.code})",
             )
             batch_denied = None
-        _settle(connection, [delivery], attempt, [], report)
+
+
+def _record_accepted(
+    connection: Connection,
+    operation: str,
+    batch: Batch,
+    started: datetime,
+    clock: float,
+    failures: list[firehose.EntryFailure],
+    report: DrainReport,
+) -> None:
+    attempt = _attempt(connection, operation, batch, started, clock, failures=failures)
+    _settle(connection, batch.deliveries, attempt, failures, report)
+
+
+def _with_database_retry(write: Callable[..., None], *args: object) -> None:
+    """Record what Firehose accepted even through a database restart: giving up here would resend the records."""
+    deadline = time.monotonic() + settings.DELIVERY_RECORD_RETRY_SECONDS
+    while True:
+        try:
+            return write(*args)
+        except (OperationalError, InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("The database is unavailable; retrying to record a delivered batch.")
+            db_connection.close()
+            time.sleep(0.5)
 
 
 def _attempt(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +24,24 @@ DELIVERY_INSERT_BATCH = 2000
 # --- kicks ------------------------------------------------------------------------------------------------------
 
 
+BROKER_RETRY_AFTER_SECONDS = 5.0
+_broker_down_until = 0.0
+
+
 def connection_kick(connection_id: int) -> None:
-    """Ask a worker to drain a connection. Best effort: when the broker is down, the beat sweep kicks it later."""
+    """Ask a worker to drain a connection. Best effort: when the broker is down, the beat sweep kicks it later.
+
+    After a failed publish, kicks are skipped for a few seconds, so that requests do not each wait for the broker.
+    """
+    global _broker_down_until
     from .tasks import drain_connection
 
+    if time.monotonic() < _broker_down_until:
+        return
     try:
         drain_connection.apply_async((connection_id,), expires=300)
     except Exception:  # noqa: BLE001 - a lost kick is recovered by the sweep, it must not fail the caller
+        _broker_down_until = time.monotonic() + BROKER_RETRY_AFTER_SECONDS
         logger.warning("Could not queue a drain of connection %s; the sweep will pick it up.", connection_id)
 
 

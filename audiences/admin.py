@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
+from integrations.admin import can_view_configurations
 from integrations.models import Connection
 
 from .models import Audience, Membership, User
@@ -37,7 +38,9 @@ class DeletedFilter(admin.SimpleListFilter):
 
 
 class ConnectionInline(admin.TabularInline):
-    """The audience's connections, read-only: they are edited on their own page (Connection Settings)."""
+    """The audience's connections, read-only: they are edited on their own page (Connection Settings). Users without
+    a permission on Configuration see the configuration's name, not a link to its page (which holds the credentials).
+    """
 
     model = Connection
     fields = ["stream_name", "region", "status", "configuration", "last_delivered_at", "last_error"]
@@ -56,8 +59,20 @@ class ConnectionInline(admin.TabularInline):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def get_fields(self, request: HttpRequest, obj: Any = None):
+        if can_view_configurations(request):
+            return self.fields
+        return ["configuration_name" if name == "configuration" else name for name in self.fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None):
+        return self.get_fields(request, obj)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
         return super().get_queryset(request).select_related("configuration", "audience")
+
+    @admin.display(description="configuration")
+    def configuration_name(self, obj: Connection) -> str:
+        return obj.configuration.name
 
 
 @admin.register(Audience)

@@ -1,6 +1,11 @@
 """Admin for Configuration Settings, Connection Settings, System Alerts and the delivery logs.
 
 Every write goes through a service (integrations.services, integrations.alerts); the admin only renders and asks.
+
+Roles (the groups made by migration 0003_roles_groups): the connection actions need the custom permission
+`integrations.operate_connection` and acknowledging needs `integrations.acknowledge_systemalert`, not the change
+permission, so that Operators run them from a view-only changelist. Nobody without a permission on Configuration
+sees a link to, or any field of, a configuration beyond its name.
 """
 
 from __future__ import annotations
@@ -57,6 +62,13 @@ def _folded(text: str, length: int = 60) -> str:
     if summary == text:
         return text
     return format_html("<details><summary>{}</summary><pre>{}</pre></details>", summary, text)
+
+
+def can_view_configurations(request: HttpRequest) -> bool:
+    """Configuration pages hold the credentials: only users with a permission on Configuration reach them."""
+    return request.user.has_perm("integrations.view_configuration") or request.user.has_perm(
+        "integrations.change_configuration"
+    )
 
 
 def _admin_link(obj: Any, label: str | None = None) -> str:
@@ -195,8 +207,16 @@ class ConnectionAdmin(admin.ModelAdmin):
     search_fields = ["stream_name", "audience__internal_name", "audience__external_name"]
     actions = ["test_connection", "resync", "pause", "resume"]
 
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Test, resync, pause and resume: the Operators' permission (superusers have every permission)."""
+        return request.user.has_perm(f"{self.opts.app_label}.operate_connection")
+
     def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None):
-        settings = ("Connection Settings", {"fields": CONNECTION_SETTINGS})
+        fields = CONNECTION_SETTINGS
+        if obj is not None and not self.has_change_permission(request, obj) and not can_view_configurations(request):
+            # A read-only field would link to the configuration's page; its name is all this user may see.
+            fields = ["configuration_name" if name == "configuration" else name for name in fields]
+        settings = ("Connection Settings", {"fields": fields})
         if obj is None:
             return [settings]
         return [
@@ -262,6 +282,10 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     # --- columns and read-only fields ---
 
+    @admin.display(description="Configuration")
+    def configuration_name(self, obj: Connection) -> str:
+        return obj.configuration.name
+
     @admin.display(description="Stream ARN")
     def stream_arn_text(self, obj: Connection) -> str:
         return obj.stream_arn or "- (found by Test connection)"
@@ -311,7 +335,7 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     # --- actions ---
 
-    @admin.action(description="Test connection (DescribeDeliveryStream)")
+    @admin.action(description="Test connection (DescribeDeliveryStream)", permissions=["operate"])
     def test_connection(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         for connection in queryset.select_related("configuration", "audience"):
             result = connection_test(connection=connection)
@@ -326,7 +350,7 @@ class ConnectionAdmin(admin.ModelAdmin):
             else:
                 self.message_user(request, f"{connection}: the test failed. {result.error}", messages.ERROR)
 
-    @admin.action(description="Resync selected connections (send every current member again)", permissions=["change"])
+    @admin.action(description="Resync selected connections (send every current member again)", permissions=["operate"])
     def resync(self, request: HttpRequest, queryset: QuerySet[Connection]) -> HttpResponse | None:
         connections = list(queryset.select_related("audience"))
         if request.POST.get("post") == "yes":
@@ -364,14 +388,14 @@ class ConnectionAdmin(admin.ModelAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/integrations/connection/resync_confirmation.html", context)
 
-    @admin.action(description="Pause selected connections", permissions=["change"])
+    @admin.action(description="Pause selected connections", permissions=["operate"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         self._set_status(
             request, queryset, connection_pause, Connection.Status.PAUSED, "Paused",
             "changes accumulate and nothing is sent", "already paused",
         )  # fmt: skip
 
-    @admin.action(description="Resume selected connections (send the backlog)", permissions=["change"])
+    @admin.action(description="Resume selected connections (send the backlog)", permissions=["operate"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         self._set_status(
             request, queryset, connection_resume, Connection.Status.ACTIVE, "Resumed",
@@ -450,7 +474,10 @@ class SystemAlertAdmin(ReadOnlyAdmin):
     def open(self, obj: SystemAlert) -> bool:
         return obj.is_open
 
-    @admin.action(description="Acknowledge selected alerts")
+    def has_acknowledge_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.acknowledge_systemalert")
+
+    @admin.action(description="Acknowledge selected alerts", permissions=["acknowledge"])
     def acknowledge(self, request: HttpRequest, queryset: QuerySet[SystemAlert]) -> None:
         count = alerts_acknowledge(alert_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Acknowledged {_plural(count, 'alert')}.", messages.SUCCESS)

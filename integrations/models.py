@@ -139,6 +139,7 @@ class Connection(models.Model):
 
     class Meta:
         ordering = ["id"]
+        permissions = [("operate_connection", "Can test, resync, pause and resume connections")]
 
     def __str__(self) -> str:
         return f"{self.audience.name} → {self.stream_name} ({self.region})"
@@ -263,6 +264,7 @@ class SystemAlert(models.Model):
         verbose_name_plural = "System Alerts"
         ordering = ["-last_seen"]
         constraints = [models.UniqueConstraint(fields=["connection", "type"], name="alert_unique_connection_type")]
+        permissions = [("acknowledge_systemalert", "Can acknowledge system alerts")]
 
     def __str__(self) -> str:
         return f"{self.type} on connection #{self.connection_id}"

@@ -8,12 +8,14 @@ STAMP := $(VENV)/.requirements-installed
 RUN_ENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONUNBUFFERED=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate records test lint format
+.PHONY: help install run migrate records test test-fast faults lint format
 
 help:
 	@echo "make run      install, migrate, then start the web admin, the Celery worker and beat, and a local"
 	@echo "              Firehose emulator with demo data (Ctrl-C stops everything)"
 	@echo "make test     the whole test suite (PostgreSQL when DATABASE_URL points at it, SQLite otherwise)"
+	@echo "make test-fast  the suite without tests/faults (the fault scenarios take about 4 minutes)"
+	@echo "make faults   only the fault scenarios: a whole deployment under crashes and outages"
 	@echo "make lint     ruff check and ruff format --check"
 	@echo "make records  print the records the demo stream delivered to the emulated S3 bucket"
 
@@ -61,6 +63,12 @@ records: $(STAMP) .env
 
 test: $(STAMP) | var
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) | var
+	$(RUN_ENV) $(PY) -m pytest --ignore=tests/faults $(PYTEST_ARGS)
+
+faults: $(STAMP) | var
+	$(RUN_ENV) $(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -266,6 +266,7 @@ class Cluster:
             self.postgres.stop()
         except subprocess.CalledProcessError:
             pass
+        shutil.rmtree(self.postgres.data, ignore_errors=True)  # the logs stay in self.root for a post-mortem
 
     # --- the HTTP API -----------------------------------------------------------------------------------------
 

@@ -315,3 +315,17 @@ def test_f_two_workers_draining_the_same_connection_keep_order(cluster: Cluster,
         stop.set()
         thread.join()
     run.check(max_duplicates=tenth_of_a_percent())
+
+
+def test_g_server_errors_and_requests_hanging_past_the_client_timeout_lose_nothing(cluster: Cluster, workers):
+    cluster.start_workers(2, concurrency=2)
+    cluster.emulator.behave(error_500=0.05, hang=0.03, hang_seconds=5)  # the client gives up after 3 s
+    try:
+        run = Run("errors-and-hangs", cluster).setup()
+        run.feed(range(ROUNDS))
+        run.wait_until_delivered()
+    finally:
+        cluster.emulator.behave()
+    faults = cluster.emulator.stats()["faults"]
+    assert faults.get("error_500", 0) > 0 and faults.get("hang", 0) > 0
+    run.check(max_duplicates=tenth_of_a_percent())

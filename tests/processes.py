@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,24 +14,7 @@ import boto3
 from django.conf import settings
 from django.db import connection
 
-BASE_DIR = Path(settings.BASE_DIR)
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise TimeoutError(f"Timed out after {timeout}s waiting for {what}.")
+from .localhost import BASE_DIR, BIN, free_port, port_open, wait_for
 
 
 def test_database_url() -> str:
@@ -87,14 +67,7 @@ def moto_server(tmp_path: Path) -> Iterator[str]:
     with started(command, log=tmp_path / "moto.log", env=process_env()):
         endpoint = f"http://127.0.0.1:{port}"
 
-        def answers() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(answers, timeout=30, what="moto_server")
+        wait_for(lambda: port_open(port), timeout=30, what="moto_server")
         yield endpoint
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..processes import BASE_DIR, BIN, free_port, wait_for
+from ..localhost import BASE_DIR, BIN, free_port, port_open, wait_for
 
 PG_BIN = (
     Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
@@ -56,6 +56,37 @@ class Process:
         )
         log.close()
         return self
+
+    def group_pids(self) -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if self.popen and int(fields[2]) == self.popen.pid:  # field 5 of stat: the process group
+                    pids.append(int(entry.name))
+        return pids
+
+    def reset_peak_rss(self) -> None:
+        for pid in self.group_pids():
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM, the peak resident set
+            except OSError:
+                pass
+
+    def peak_rss_mb(self) -> float:
+        """The largest peak resident set of any process in the group, in MB."""
+        peak = 0
+        for pid in self.group_pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+            except OSError:
+                continue
+        return round(peak / 1024, 1)
 
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash or the OOM killer would."""
@@ -112,6 +143,13 @@ class PostgreSQL:
     def start(self) -> None:
         self._ctl("start")
 
+    def psql(self, sql: str) -> None:
+        subprocess.run(
+            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "firehose",
+             "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+            check=True,
+        )  # fmt: skip
+
     def restart(self) -> None:
         self._ctl("-m", "fast", "restart")
 
@@ -136,20 +174,10 @@ class Redis:
 
     def start(self) -> None:
         self.process.start()
-        wait_for(lambda: _port_open(self.port), timeout=10, what="redis")
+        wait_for(lambda: port_open(self.port), timeout=10, what="redis")
 
     def stop(self) -> None:
         self.process.stop()
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class Emulator:
@@ -164,7 +192,7 @@ class Emulator:
             env=dict(os.environ),
             log_dir=root,
         ).start()  # fmt: skip
-        wait_for(lambda: _port_open(self.control_port), timeout=10, what="the Firehose emulator")
+        wait_for(lambda: port_open(self.control_port), timeout=10, what="the Firehose emulator")
 
     @property
     def endpoint(self) -> str:
@@ -217,7 +245,7 @@ class Cluster:
             env=self.env,
             log_dir=self.root,
         ).start()  # fmt: skip
-        wait_for(lambda: _port_open(self.web_port), timeout=30, what="gunicorn")
+        wait_for(lambda: port_open(self.web_port), timeout=30, what="gunicorn")
 
     def start_workers(self, count: int, concurrency: int = 1) -> None:
         for _ in range(count):
@@ -245,6 +273,9 @@ class Cluster:
         worker.kill()
         worker.start()
         return worker
+
+    def processes(self) -> list[Process]:
+        return [process for process in (self.web, self.beat, *self.workers) if process is not None]
 
     def stop_workers(self) -> None:
         for worker in self.workers:
@@ -307,8 +338,8 @@ def cluster_start(*, settings: dict[str, str]) -> Cluster:
         CELERY_BROKER_URL=redis_server.url,
         PYTHONUNBUFFERED="1",
         LOG_LEVEL="INFO",
-        **settings,
     )
+    env.update(settings)
     cluster = Cluster(root, postgres, redis_server, emulator, env, free_port())
     cluster.manage("migrate", "--no-input")
     cluster.api_key = cluster.manage("create_api_key", "faults", "--scopes", "ingest,manage")

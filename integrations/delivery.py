@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
@@ -54,9 +55,36 @@ class DrainReport:
     leased: bool = True
 
 
+class Pending(NamedTuple):
+    """A pending delivery with what its record needs, read in one query without building model instances."""
+
+    pk: int
+    kind: int
+    user_id: int | None
+    is_member: bool | None
+    uses_previous_identities: bool
+    timestamp: int
+    change_identities: dict | None
+    change_previous_identities: dict | None
+    user_identities: dict | None
+
+
+PENDING_FIELDS = (
+    "pk",
+    "kind",
+    "user_id",
+    "is_member",
+    "uses_previous_identities",
+    "timestamp",
+    "change__identities",
+    "change__previous_identities",
+    "user__identities",
+)
+
+
 @dataclass
 class Batch:
-    deliveries: list[Delivery] = field(default_factory=list)
+    deliveries: list[Pending] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     size: int = 0
 
@@ -139,11 +167,12 @@ def _is_sendable(connection: Connection, now: datetime) -> bool:
 
 def _claim_batch(connection: Connection, report: DrainReport) -> Batch | None:
     """Build the next batch from the head of the backlog. Returns None when only non-sendable rows were settled."""
-    candidates = list(
-        Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING)
-        .select_related("change", "user")
-        .order_by("id")[: firehose.MAX_BATCH_RECORDS]
-    )
+    candidates = [
+        Pending(*row)
+        for row in Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING)
+        .order_by("id")
+        .values_list(*PENDING_FIELDS)[: firehose.MAX_BATCH_RECORDS]
+    ]
     if not candidates:
         return Batch()
     audience = Audience.objects.only("internal_name", "external_name").get(pk=connection.audience_id)
@@ -152,7 +181,7 @@ def _claim_batch(connection: Connection, report: DrainReport) -> Batch | None:
     users_in_batch: set[int] = set()
     skipped: list[int] = []
     anonymous_skipped = 0
-    too_large: list[Delivery] = []
+    too_large: list[Pending] = []
     for delivery in candidates:
         if delivery.user_id is not None and delivery.user_id in users_in_batch:
             continue  # at most one record per user in a batch; this one waits for the next batch
@@ -203,12 +232,11 @@ def _record_for(
             append_newline=connection.append_newline,
         )
     if delivery.kind == Delivery.Kind.RESYNC:
-        identities = identities_forwarded(delivery.user.identities, excluded)
+        identities = identities_forwarded(delivery.user_identities, excluded)
     else:
-        change = delivery.change
-        identities = identities_forwarded(change.identities, excluded)
-        if change.previous_identities is not None:
-            previous = identities_forwarded(change.previous_identities, excluded)
+        identities = identities_forwarded(delivery.change_identities, excluded)
+        if delivery.change_previous_identities is not None:
+            previous = identities_forwarded(delivery.change_previous_identities, excluded)
             if previous == identities:
                 return None  # the identities this connection forwards did not change
             if delivery.uses_previous_identities:
@@ -225,7 +253,7 @@ def _record_for(
     )
 
 
-def _fail_oversized(connection: Connection, deliveries: list[Delivery], report: DrainReport) -> None:
+def _fail_oversized(connection: Connection, deliveries: list[Pending], report: DrainReport) -> None:
     message = f"{len(deliveries)} record(s) over the 1,000 KiB Firehose limit were not sent."
     Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(status=Delivery.Status.FAILED, last_error=message)
     Connection.objects.filter(pk=connection.pk).update(
@@ -382,7 +410,7 @@ def _attempt(
 
 def _settle(
     connection: Connection,
-    deliveries: list[Delivery],
+    deliveries: list[Pending],
     attempt: DeliveryAttempt,
     failures: list[firehose.EntryFailure],
     report: DrainReport,
@@ -436,7 +464,7 @@ def _settle(
 
 def _request_failed(
     connection: Connection,
-    deliveries: list[Delivery],
+    deliveries: list[Pending],
     attempt: DeliveryAttempt,
     error: firehose.FirehoseError,
     report: DrainReport,

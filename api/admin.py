@@ -9,6 +9,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from integrations.admin import date_column
+
 from .models import ApiKey
 from .services import api_key_create, api_keys_revoke
 
@@ -46,10 +48,13 @@ class ActiveFilter(admin.SimpleListFilter):
         return queryset
 
 
+KEY_DETAILS = ["prefix_hint", "created_detail", "last_used_detail", "revoked_detail"]
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyAdminForm
-    list_display = ["name", "prefix_hint", "scope_list", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix_hint", "scope_list", "created", "last_used", "revoked"]
     list_filter = [ActiveFilter]
     search_fields = ["name", "prefix"]
     actions = ["revoke"]
@@ -57,10 +62,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None):
         if obj is None:
             return ["name", "scopes"]
-        return ["name", "scopes", "prefix_hint", "created_at", "last_used_at", "revoked_at"]
+        return ["name", "scopes", *KEY_DETAILS]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None):
-        return ["prefix_hint", "created_at", "last_used_at", "revoked_at"] if obj else []
+        return KEY_DETAILS if obj else []
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
@@ -77,11 +82,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
             messages.WARNING,
         )
 
-    @admin.display(description="key")
+    created = date_column("created_at", "Created")
+    last_used = date_column("last_used_at", "Last used")
+    revoked = date_column("revoked_at", "Revoked")
+    created_detail = date_column("created_at", "Created", compact=False)
+    last_used_detail = date_column("last_used_at", "Last used", compact=False)
+    revoked_detail = date_column("revoked_at", "Revoked", compact=False)
+
+    @admin.display(description="Key")
     def prefix_hint(self, obj: ApiKey) -> str:
         return f"{obj.prefix}…"
 
-    @admin.display(description="scopes")
+    @admin.display(description="Scopes")
     def scope_list(self, obj: ApiKey) -> str:
         return ", ".join(obj.scopes) or "-"
 

@@ -13,13 +13,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
-from integrations.admin import can_view_configurations
+from integrations.admin import can_view_configurations, connection_status_badge, date_column
 from integrations.models import Connection
 
 from .models import Audience, Membership, User
 from .services import audience_create, audience_delete, audience_update
 
 USER_MEMBERSHIPS_SHOWN = 100
+NO_IDENTITIES = "none (anonymous)"
 
 
 class DeletedFilter(admin.SimpleListFilter):
@@ -43,7 +44,7 @@ class ConnectionInline(admin.TabularInline):
     """
 
     model = Connection
-    fields = ["stream_name", "region", "status", "configuration", "last_delivered_at", "last_error"]
+    fields = ["stream_name", "region", "status_badge", "configuration", "last_delivery", "last_error"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -70,22 +71,40 @@ class ConnectionInline(admin.TabularInline):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
         return super().get_queryset(request).select_related("configuration", "audience")
 
-    @admin.display(description="configuration")
+    last_delivery = date_column("last_delivered_at", "Last delivery")
+
+    @admin.display(description="Status")
+    def status_badge(self, obj: Connection) -> str:
+        return connection_status_badge(obj)
+
+    @admin.display(description="Configuration")
     def configuration_name(self, obj: Connection) -> str:
         return obj.configuration.name
 
 
 @admin.register(Audience)
 class AudienceAdmin(admin.ModelAdmin):
-    list_display = ["id", "internal_name", "external_name", "member_count", "created_at", "deleted_at"]
+    list_display = ["id", "internal_name", "external_name", "member_count", "created", "deleted"]
     list_display_links = ["id", "internal_name"]
     list_filter = [DeletedFilter]
     search_fields = ["internal_name", "external_name"]
-    fields = ["internal_name", "external_name", "member_count", "stale_change_count", "created_at", "deleted_at"]
-    readonly_fields = ["member_count", "stale_change_count", "created_at", "deleted_at"]
+    fields = [
+        "internal_name",
+        "external_name",
+        "member_count",
+        "stale_change_count",
+        "created_detail",
+        "deleted_detail",
+    ]
+    readonly_fields = ["member_count", "stale_change_count", "created_detail", "deleted_detail"]
     inlines = [ConnectionInline]
     delete_confirmation_template = "admin/audiences/audience/delete_confirmation.html"
     delete_selected_confirmation_template = "admin/audiences/audience/delete_selected_confirmation.html"
+
+    created = date_column("created_at", "Created")
+    deleted = date_column("deleted_at", "Deleted")
+    created_detail = date_column("created_at", "Created", compact=False)
+    deleted_detail = date_column("deleted_at", "Deleted", compact=False)
 
     def get_fields(self, request: HttpRequest, obj: Audience | None = None):
         return self.fields if obj is not None else ["internal_name", "external_name"]
@@ -130,10 +149,10 @@ class AudienceAdmin(admin.ModelAdmin):
 class UserAdmin(admin.ModelAdmin):
     """Users are written by the API only (identities go through user_identities_update, which sends the changes)."""
 
-    list_display = ["external_id", "identity_summary", "created_at", "updated_at"]
+    list_display = ["external_id", "identity_summary", "created", "updated"]
     search_fields = ["external_id"]
     search_help_text = "A user id, or the beginning of one (case-sensitive)."
-    fields = ["external_id", "identities_pretty", "memberships", "created_at", "updated_at"]
+    fields = ["external_id", "identities_pretty", "memberships", "created_detail", "updated_detail"]
     readonly_fields = fields
     ordering = ["-id"]
     show_full_result_count = False
@@ -154,15 +173,22 @@ class UserAdmin(admin.ModelAdmin):
             return queryset, False
         return queryset.filter(Q(external_id=term) | Q(external_id__startswith=term)), False
 
-    @admin.display(description="identities")
+    created = date_column("created_at", "Created")
+    updated = date_column("updated_at", "Updated")
+    created_detail = date_column("created_at", "Created", compact=False)
+    updated_detail = date_column("updated_at", "Updated", compact=False)
+
+    @admin.display(description="Identities")
     def identity_summary(self, obj: User) -> str:
-        return Truncator(", ".join(obj.identities or {})).chars(80) or "-"
+        return Truncator(", ".join(obj.identities or {})).chars(80) or NO_IDENTITIES
 
-    @admin.display(description="identities")
+    @admin.display(description="Identities")
     def identities_pretty(self, obj: User) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.identities or {}, indent=2, ensure_ascii=False))
+        if not obj.identities:
+            return NO_IDENTITIES
+        return format_html("<pre>{}</pre>", json.dumps(obj.identities, indent=2, ensure_ascii=False))
 
-    @admin.display(description=f"member of (first {USER_MEMBERSHIPS_SHOWN})")
+    @admin.display(description=f"Member of (first {USER_MEMBERSHIPS_SHOWN})")
     def memberships(self, obj: User) -> str:
         memberships = (
             Membership.objects.filter(user=obj, is_member=True).select_related("audience").order_by("audience_id")

@@ -2,7 +2,7 @@
 
 from django import forms
 
-from audiences.identities import IDENTITY_CHOICES
+from audiences.identities import IDENTITY_CHOICES, IDENTITY_LABELS
 from audiences.models import Audience
 
 from .models import Configuration, Connection
@@ -10,6 +10,19 @@ from .regions import REGION_CHOICES
 
 SECRET_FIELD = "secret_access_key"
 SECRET_REQUIRED = "Required: the Secret Access Key of the Access Key ID above."
+
+# The exclusion checkboxes, grouped for the admin's grid (integrations/static/integrations/admin.css).
+_OTHER_IDS = ["Other", *(f"Other{n}" for n in range(2, 11))]
+_ACCOUNT_IDS = ["Email", "CustomerId", "FacebookId", "GoogleId", "MicrosoftId", "TwitterId", "YahooId"]
+IDENTITY_CHOICE_GROUPS = [
+    ("Account IDs", [(key, IDENTITY_LABELS[key]) for key in _ACCOUNT_IDS]),
+    (
+        "Device IDs",
+        [(key, label) for key, label in IDENTITY_CHOICES if key not in _ACCOUNT_IDS and key not in _OTHER_IDS],
+    ),
+    ("Other IDs", [(key, IDENTITY_LABELS[key]) for key in _OTHER_IDS]),
+]
+FORWARD_HELP = "Off: never forwarded. On: forwarded unless {} is ticked under Identities To Exclude."
 
 
 class ConfigurationAdminForm(forms.ModelForm):
@@ -49,15 +62,22 @@ class ConfigurationAdminForm(forms.ModelForm):
             raise forms.ValidationError(SECRET_REQUIRED)
         return secret
 
+    def clean_endpoint_url(self) -> str:
+        """The model's URLField also takes ftp:// and ftps://; Firehose is only reached over http or https."""
+        url = self.cleaned_data.get("endpoint_url", "")
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise forms.ValidationError("Must be an http or https URL.")
+        return url
+
 
 class ConnectionAdminForm(forms.ModelForm):
     region = forms.ChoiceField(label="Region", choices=REGION_CHOICES, initial="us-east-1")
     identities_to_exclude = forms.MultipleChoiceField(
         label="Identities To Exclude",
-        choices=IDENTITY_CHOICES,
+        choices=IDENTITY_CHOICE_GROUPS,
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text="These identities are never forwarded on this connection.",
+        help_text="Ticked identities are never forwarded on this connection, whatever the Forward toggles say.",
     )
 
     class Meta:
@@ -75,6 +95,13 @@ class ConnectionAdminForm(forms.ModelForm):
             "identities_to_exclude",
             "append_newline",
         ]
+        help_texts = {
+            "send_anonymous_users": "Also send members left with no identity to forward after the settings below.",
+            "forward_email_addresses": FORWARD_HELP.format("Email Address"),
+            "forward_customer_ids": FORWARD_HELP.format("Customer ID"),
+            "forward_idfas": FORWARD_HELP.format("Apple Advertising ID (IDFA)"),
+            "forward_google_advertising_ids": FORWARD_HELP.format("Google Advertising ID (GAID)"),
+        }
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

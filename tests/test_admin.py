@@ -8,11 +8,15 @@ import boto3
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission
+from django.contrib.auth.models import User as StaffUser
 from django.contrib.messages import get_messages
 from django.db import connection as db_connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from rest_framework.test import APIClient
@@ -61,6 +65,35 @@ def configuration_form(**overrides: str) -> dict[str, str]:
     return data
 
 
+def staff_client(username: str, *permissions: str) -> Client:
+    """A logged-in staff user holding exactly these permissions ("app_label.codename")."""
+    user = StaffUser.objects.create_user(username=username, password="unused-password", is_staff=True)
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def readonly_value(page: str, field: str) -> str:
+    """What a change page shows for one read-only field."""
+    return page.split(f"field-{field}")[1].split('<div class="readonly">')[1].split("</div>")[0]
+
+
+def create_stream(name: str) -> str:
+    """A DirectPut delivery stream in moto; returns its ARN."""
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="audience-records")
+    return boto3.client("firehose", region_name="us-east-1").create_delivery_stream(
+        DeliveryStreamName=name,
+        DeliveryStreamType="DirectPut",
+        ExtendedS3DestinationConfiguration={
+            "RoleARN": f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/firehose",
+            "BucketARN": "arn:aws:s3:::audience-records",
+        },
+    )["DeliveryStreamARN"]
+
+
 def add_members(audience: Audience, *user_ids: str) -> None:
     membership_changes_apply(
         audience=audience,
@@ -98,6 +131,16 @@ def active_connection(low_engagement: Audience, travel: Configuration) -> Connec
     return connection_create(audience=low_engagement, configuration=travel, stream_name="audience-stream")
 
 
+@pytest.fixture
+def operator() -> Client:
+    return staff_client("operator", "integrations.view_connection", "integrations.operate_connection")
+
+
+@pytest.fixture
+def viewer() -> Client:
+    return staff_client("viewer", "integrations.view_connection")
+
+
 # --- every page renders -----------------------------------------------------------------------------------------
 
 
@@ -120,12 +163,18 @@ def test_every_changelist_renders(admin_client, active_connection, model):
     assert admin_client.get(url(f"{model}_changelist")).status_code == 200
 
 
-def test_the_seed_words_name_the_pages(admin_client, active_connection):
-    assert "Configuration Settings" in admin_client.get(url("integrations_configuration_changelist")).text
-    assert "Configuration Settings" in admin_client.get(url("integrations_configuration_add")).text
-    assert "Connection Settings" in admin_client.get(url("integrations_connection_changelist")).text
-    assert "Connection Settings" in admin_client.get(url("integrations_connection_add")).text
-    assert "System Alerts" in admin_client.get(url("integrations_systemalert_changelist")).text
+def test_the_seed_words_head_the_settings_while_the_lists_keep_their_own_titles(admin_client, active_connection):
+    configuration, connection = active_connection.configuration, active_connection
+    for page in (url("integrations_configuration_add"), url("integrations_configuration_change", configuration.pk)):
+        assert 'class="fieldset-heading">Configuration Settings</h2>' in admin_client.get(page).text, page
+    for page in (url("integrations_connection_add"), url("integrations_connection_change", connection.pk)):
+        assert 'class="fieldset-heading">Connection Settings</h2>' in admin_client.get(page).text, page
+    for changelist, title in [
+        ("integrations_configuration", "Select configuration to change"),
+        ("integrations_connection", "Select connection to change"),
+        ("integrations_systemalert", "System Alerts"),
+    ]:
+        assert f"<h1>{title}</h1>" in admin_client.get(url(f"{changelist}_changelist")).text
 
 
 # --- Configuration Settings: the write-only secret ----------------------------------------------------------------
@@ -416,6 +465,124 @@ def test_deleting_a_connection_summarises_what_goes_with_it(admin_client, active
     assert Audience.objects.get().member_count == 2
 
 
+def test_the_connection_form_explains_how_the_forward_toggles_and_the_exclusions_combine(
+    admin_client, low_engagement, travel
+):
+    page = admin_client.get(url("integrations_connection_add")).text
+
+    assert "forwarded only if its Forward toggle is on <strong>and</strong> it is not ticked" in page
+    assert "Off: never forwarded. On: forwarded unless Email Address is ticked under Identities To Exclude." in page
+    groups = ["<label>Account IDs</label>", 'value="Email"', "<label>Device IDs</label>", 'value="AndroidId"']
+    groups += ["<label>Other IDs</label>", 'value="Other10"']
+    assert [page.index(marker) for marker in groups] == sorted(page.index(marker) for marker in groups)
+
+
+def test_a_shared_configuration_cannot_be_added_changed_or_deleted_from_the_connection_form(
+    admin_client, active_connection
+):
+    page = admin_client.get(url("integrations_connection_change", active_connection.pk)).text
+
+    assert '<select name="configuration"' in page
+    for link in ("add_id_configuration", "change_id_configuration", "delete_id_configuration"):
+        assert f'id="{link}"' not in page
+
+
+# --- the connection change page: Test connection, Resync, Pause and Resume ------------------------------------------
+
+
+def test_the_change_page_offers_the_operations_to_those_who_may_run_them(
+    admin_client, operator, viewer, paused_connection
+):
+    change = url("integrations_connection_change", paused_connection.pk)
+
+    for client in (admin_client, operator):
+        page = client.get(change).text
+        assert 'id="operate-test"' in page and 'id="operate-resync"' in page
+        assert 'id="operate-resume"' in page and 'id="operate-pause"' not in page  # paused: it can only resume
+    page = viewer.get(change).text
+    assert 'id="operate-' not in page
+    assert url("integrations_connection_resume", paused_connection.pk) not in page
+
+
+def test_an_operator_pauses_and_resumes_a_connection_from_its_change_page(operator, active_connection):
+    change = url("integrations_connection_change", active_connection.pk)
+
+    response = operator.post(url("integrations_connection_pause", active_connection.pk))
+
+    assert response.status_code == 302 and response.url == change
+    assert messages_of(response) == ["Paused 1 connection: changes accumulate and nothing is sent."]
+    active_connection.refresh_from_db()
+    assert active_connection.status == Connection.Status.PAUSED
+    page = operator.get(change).text
+    assert 'id="operate-resume"' in page and 'id="operate-pause"' not in page
+
+    response = operator.post(url("integrations_connection_resume", active_connection.pk))
+
+    assert response.status_code == 302 and response.url == change
+    assert messages_of(response) == ["Resumed 1 connection: the backlog is sent in order."]
+    active_connection.refresh_from_db()
+    assert active_connection.status == Connection.Status.ACTIVE
+    history = LogEntry.objects.filter(object_id=str(active_connection.pk)).order_by("pk")
+    assert [entry.change_message for entry in history] == ["Paused.", "Resumed."]
+
+
+def test_pause_and_resume_need_a_post(operator, active_connection):
+    assert operator.get(url("integrations_connection_pause", active_connection.pk)).status_code == 405
+
+    active_connection.refresh_from_db()
+    assert active_connection.status == Connection.Status.ACTIVE
+
+
+@mock_aws
+def test_test_connection_on_the_change_page_reports_the_stream_and_keeps_its_arn(
+    operator, active_connection, aws_defaults
+):
+    arn = create_stream("audience-stream")
+
+    response = operator.post(url("integrations_connection_test", active_connection.pk))
+
+    assert response.status_code == 302
+    assert response.url == url("integrations_connection_change", active_connection.pk)
+    assert messages_of(response) == [f"{active_connection}: the stream is ACTIVE. ARN: {arn}"]
+    active_connection.refresh_from_db()
+    assert active_connection.stream_arn == arn and active_connection.last_tested_at is not None
+
+
+def test_resync_on_the_change_page_asks_for_confirmation_then_runs(operator, paused_connection):
+    add_members(paused_connection.audience, "p.fogg138", "passepartout")
+    resync = url("integrations_connection_resync", paused_connection.pk)
+
+    confirmation = operator.get(resync)
+
+    assert confirmation.status_code == 200
+    assert "Yes, resync" in confirmation.text and "<td>2</td>" in confirmation.text
+    assert f'<a href="{url("integrations_connection_changelist")}">Connections</a>' in confirmation.text
+    assert '<span class="badge badge-muted">paused</span>' in confirmation.text
+    assert 'class="button cancel-link"' in confirmation.text and "delete-confirmation" in confirmation.text
+    paused_connection.refresh_from_db()
+    assert paused_connection.resync_requested_at is None
+
+    response = operator.post(resync, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert response.url == url("integrations_connection_change", paused_connection.pk)
+    assert messages_of(response) == [
+        "Resync started on 1 connection: every current member is sent again after the backlog."
+    ]
+    paused_connection.refresh_from_db()
+    assert paused_connection.resync_cursor == 0 and paused_connection.resync_total == 2
+
+
+@pytest.mark.parametrize("operation", ["test", "resync", "pause", "resume"])
+def test_a_viewer_is_refused_every_operation_on_the_change_page(viewer, paused_connection, operation):
+    before = Connection.objects.filter(pk=paused_connection.pk).values().get()
+    operate = url(f"integrations_connection_{operation}", paused_connection.pk)
+
+    assert viewer.post(operate, {"post": "yes"}).status_code == 403
+    assert viewer.get(operate).status_code == 403
+    assert Connection.objects.filter(pk=paused_connection.pk).values().get() == before
+
+
 # --- System Alerts ------------------------------------------------------------------------------------------------
 
 
@@ -484,9 +651,28 @@ def test_the_delivery_logs_filter_by_status_and_fold_long_errors(admin_client, a
     attempts = admin_client.get(url("integrations_deliveryattempt_changelist") + "?outcome__exact=retryable").text
     deliveries = admin_client.get(url("integrations_delivery_changelist") + "?status__exact=1").text
 
-    assert f"<details><summary>{long_error[:59]}" in attempts
+    assert "<details><summary>ServiceUnavailable<wbr>Exception</summary>" in attempts
+    assert f"<pre>{long_error}</pre>" in attempts
     assert "p.fogg138" in deliveries
     assert 'class="toplinks"' in deliveries  # the date hierarchy
+
+
+def test_a_delivery_shows_its_record_date_and_no_next_attempt_once_delivered(admin_client, active_connection):
+    add_members(active_connection.audience, "p.fogg138")
+    delivery = Delivery.objects.get()
+    Delivery.objects.filter(pk=delivery.pk).update(timestamp=1795857560)
+    page = url("integrations_delivery_change", delivery.pk)
+
+    pending = admin_client.get(page).text
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.DELIVERED, delivered_at=timezone.now())
+    delivered = admin_client.get(page).text
+
+    assert readonly_value(pending, "record_timestamp") == "1795857560 (2026-11-28 09:19 UTC)"
+    assert " UTC</span> (" in readonly_value(pending, "next_attempt")
+    assert readonly_value(delivered, "next_attempt") == "-"
+    deliveries = admin_client.get(url("integrations_delivery_changelist")).text
+    assert url("integrations_connection_change", active_connection.pk) in deliveries
+    assert url("audiences_user_change", User.objects.get().pk) in deliveries
 
 
 # --- audiences and users ------------------------------------------------------------------------------------------
@@ -561,6 +747,16 @@ def test_users_are_found_by_user_id_and_cannot_be_edited(admin_client, low_engag
     assert "LowEngagement" in admin_client.get(url("audiences_user_change", user.pk)).text
 
 
+def test_a_user_without_identities_reads_as_anonymous(admin_client, low_engagement):
+    membership_changes_apply(audience=low_engagement, changes=[ChangeIn(user_id="anonymous-42", is_member=True)])
+    user = User.objects.get()
+
+    assert "none (anonymous)" in result_rows(admin_client.get(url("audiences_user_changelist")).text)
+    assert readonly_value(admin_client.get(url("audiences_user_change", user.pk)).text, "identities_pretty") == (
+        "none (anonymous)"
+    )
+
+
 # --- API keys -----------------------------------------------------------------------------------------------------
 
 
@@ -597,3 +793,77 @@ def test_a_revoked_api_key_is_refused(admin_client):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
     assert client.get("/api/v1/alerts").status_code == 401
+
+
+# --- the admin index: health summary ------------------------------------------------------------------------------
+
+
+def test_the_index_sums_up_connections_alerts_backlog_and_the_last_delivery(admin_client, travel):
+    connections = {}
+    for name, status in [("a", "active"), ("b", "active"), ("c", "paused"), ("d", "paused")]:
+        connections[name] = connection_create(
+            audience=audience_create(internal_name=name), configuration=travel, stream_name=name, status=status
+        )
+    Connection.objects.filter(pk=connections["d"].pk).update(status=Connection.Status.FAULTED)
+    add_members(connections["a"].audience, "p.fogg138", "passepartout")
+    add_members(connections["c"].audience, "fix")
+    Delivery.objects.filter(connection=connections["a"]).update(status=Delivery.Status.DELIVERED)
+    add_members(connections["a"].audience, "aouda")
+    Connection.objects.filter(pk=connections["b"].pk).update(last_delivered_at=parse_datetime("2026-11-28T09:21Z"))
+    alert_raise(connection=connections["d"], type=SystemAlert.Type.STREAM_NOT_FOUND, message="gone")
+    alert_raise(connection=connections["d"], type=SystemAlert.Type.RETRY_LIMIT_EXCEEDED, message="gave up")
+    alert_raise(connection=connections["a"], type=SystemAlert.Type.ACCESS_DENIED, message="denied")
+    SystemAlert.objects.filter(type=SystemAlert.Type.ACCESS_DENIED).update(acknowledged=True)
+
+    page = admin_client.get(url("index")).text
+
+    summary = page.split('id="health-summary"')[1].split("</table>")[0]
+    for text in ("2 active</span>", "1 paused</span>", "1 faulted</span>"):
+        assert text in summary
+    assert '<span class="badge badge-bad">2</span>' in summary
+    assert '<td id="health-backlog">2 records pending</td>' in summary  # aouda on a, fix on c
+    assert "2026-11-28 09:21 UTC" in summary
+    assert page.index('id="health-summary"') < page.index("app-integrations")  # above the app list
+
+
+def test_the_index_shows_no_red_badge_without_open_alerts(admin_client, active_connection):
+    summary = admin_client.get(url("index")).text.split('id="health-summary"')[1].split("</table>")[0]
+
+    assert '<span class="badge badge-muted">0</span>' in summary
+    assert "badge-bad" not in summary
+
+
+def test_the_index_summary_is_for_those_who_may_see_connections(active_connection):
+    alerts_only = staff_client("alerts", "integrations.view_systemalert")
+    connections_only = staff_client("connections", "integrations.view_connection")
+
+    assert 'id="health-summary"' not in alerts_only.get(url("index")).text
+    page = connections_only.get(url("index")).text
+    assert 'id="health-summary"' in page and 'id="health-alerts"' not in page
+
+
+def test_the_index_summary_takes_a_fixed_number_of_queries_and_counts_pending_rows_only(
+    admin_client, travel, django_assert_max_num_queries
+):
+    def index_queries() -> list[str]:
+        with CaptureQueriesContext(db_connection) as queries:
+            assert admin_client.get(url("index")).status_code == 200
+        return [query["sql"] for query in queries.captured_queries]
+
+    first = connection_create(audience=audience_create(internal_name="first"), configuration=travel, stream_name="s")
+    add_members(first.audience, "a")
+    few = index_queries()
+    for n in range(4):
+        more = connection_create(
+            audience=audience_create(internal_name=f"more{n}"), configuration=travel, stream_name=f"s{n}"
+        )
+        add_members(more.audience, f"user{n}", f"other{n}")
+        alert_raise(connection=more, type=SystemAlert.Type.ACCESS_DENIED, message="denied")
+    Delivery.objects.filter(connection=first).update(status=Delivery.Status.DELIVERED)
+
+    with django_assert_max_num_queries(len(few)):
+        admin_client.get(url("index"))
+    delivery_queries = [sql for sql in index_queries() if "integrations_delivery" in sql]
+    assert len(delivery_queries) == 1
+    assert '"integrations_delivery"."status" = 1' in delivery_queries[0]  # the backlog's partial index
+    assert len(few) <= 6

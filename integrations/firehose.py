@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -70,7 +70,7 @@ _XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 @dataclass(frozen=True)
 class Credentials:
     access_key_id: str
-    secret_access_key: str
+    secret_access_key: str = field(repr=False)
     region: str
     endpoint_url: str = ""
 
@@ -148,7 +148,7 @@ def classify(exc: Exception, credentials: Credentials) -> FirehoseError:
             inner_code, inner_message = _XML_CODE.search(message), _XML_MESSAGE.search(message)
             code = inner_code.group(1) if inner_code else code
             message = inner_message.group(1) if inner_message else message
-        message = scrub(message, credentials)
+        code, message = scrub(code, credentials)[:128], scrub(message, credentials)
         if code in PERMANENT_CODES:
             return FirehoseError(code, message, retryable=False, alert=PERMANENT_CODES[code], status=status)
         if code == "InvalidArgumentException" and "size" in message.lower():

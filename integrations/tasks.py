@@ -1,10 +1,13 @@
 """Thin Celery tasks: each one calls a service. They carry kicks only; the database holds the work."""
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 
 from .delivery import connection_drain, connections_sweep
+from .retention import deliveries_purge
 from .services import connection_kick
 
 logger = logging.getLogger(__name__)
@@ -26,3 +29,19 @@ def drain_connection(connection_id: int) -> dict:
 @shared_task(ignore_result=True)
 def sweep_connections() -> list[int]:
     return connections_sweep()
+
+
+@shared_task(ignore_result=True)
+def purge_deliveries() -> dict:
+    """Hourly (beat): delete what DELIVERY_RETENTION_DAYS no longer keeps; 0 keeps everything."""
+    if not settings.DELIVERY_RETENTION_DAYS:
+        return {"deliveries": 0, "attempts": 0, "finished": True}
+    report = deliveries_purge(older_than=timedelta(days=settings.DELIVERY_RETENTION_DAYS))
+    if report.deliveries or report.attempts:
+        logger.info(
+            "Purged %s deliveries and %s delivery attempts older than %s days in %s batches.",
+            report.deliveries, report.attempts, settings.DELIVERY_RETENTION_DAYS, report.batches,
+        )  # fmt: skip
+    if not report.finished:
+        purge_deliveries.apply_async(expires=3600)  # the rest at once, with a fresh time budget
+    return {"deliveries": report.deliveries, "attempts": report.attempts, "finished": report.finished}

@@ -17,7 +17,7 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 
-SECRET_KEY = env.str("SECRET_KEY", default="")
+SECRET_KEY = env.str("SECRET_KEY", default="").strip()  # blank counts as missing
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
@@ -25,7 +25,7 @@ if not SECRET_KEY:
 
 
 def _encryption_keys() -> list[str]:
-    keys = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+    keys = [key.strip() for key in env.list("FIELD_ENCRYPTION_KEYS", default=[]) if key.strip()]  # blank: missing
     if not keys:
         if not DEBUG:
             raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS must be set when DEBUG is off.")
@@ -121,6 +121,19 @@ STATIC_ROOT = VAR_DIR / "static"
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=16 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 API_MAX_CHANGES_PER_REQUEST = 10_000
+# Failed API key authentication is rate limited per client address (api.authentication): after
+# API_AUTH_FAILURE_LIMIT failures within API_AUTH_FAILURE_WINDOW_SECONDS, the address gets 429 for that long, even
+# with a valid key. 0 turns the limit off. The counters live in the cache (CACHES below), shared by all web processes.
+API_AUTH_FAILURE_LIMIT = env.int("API_AUTH_FAILURE_LIMIT", default=10)
+API_AUTH_FAILURE_WINDOW_SECONDS = env.int("API_AUTH_FAILURE_WINDOW_SECONDS", default=60)
+# The client address is REMOTE_ADDR. Behind N reverse proxies that each append to X-Forwarded-For, set N: the address
+# is then the N-th from the right of X-Forwarded-For (the one the outermost proxy saw), never a client-chosen one.
+API_TRUSTED_PROXY_COUNT = env.int("API_TRUSTED_PROXY_COUNT", default=0)
+if API_AUTH_FAILURE_LIMIT < 0 or API_AUTH_FAILURE_WINDOW_SECONDS < 1 or API_TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(
+        "API_AUTH_FAILURE_LIMIT and API_TRUSTED_PROXY_COUNT must be 0 or more, "
+        "API_AUTH_FAILURE_WINDOW_SECONDS 1 or more."
+    )
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],
@@ -157,6 +170,14 @@ DRAIN_LEASE_SECONDS = env.int("DRAIN_LEASE_SECONDS", default=60)
 # A drain task stops after this long and re-queues itself, so that one busy connection cannot hog a worker.
 DRAIN_TIME_BUDGET_SECONDS = env.float("DRAIN_TIME_BUDGET_SECONDS", default=20.0)
 SWEEP_INTERVAL_SECONDS = env.float("SWEEP_INTERVAL_SECONDS", default=2.0)
+# Delivered and skipped deliveries, and delivery attempts, are purged this many days after they settled (hourly,
+# in small batches: integrations.retention). Pending and failed deliveries stay until resolved. 0 keeps everything.
+DELIVERY_RETENTION_DAYS = env.int("DELIVERY_RETENTION_DAYS", default=14)
+if DELIVERY_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("DELIVERY_RETENTION_DAYS must be 0 (keep everything) or more.")
+# After Firehose accepted a batch, how long a drain keeps trying to record it through a database outage before it
+# gives up (and the batch is sent again later: a duplicate, never a loss).
+DELIVERY_RECORD_RETRY_SECONDS = env.float("DELIVERY_RECORD_RETRY_SECONDS", default=60.0)
 
 # --- Celery -------------------------------------------------------------------------------------------------------
 # The database is the source of truth: Celery only carries "drain connection N" kicks, and the beat sweep
@@ -184,7 +205,24 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=SWEEP_INTERVAL_SECONDS),
         "options": {"expires": SWEEP_INTERVAL_SECONDS * 5},
     },
+    "purge-deliveries": {
+        "task": "integrations.tasks.purge_deliveries",
+        "schedule": timedelta(hours=1),
+        "options": {"expires": 3600},
+    },
 }
+
+# --- Cache --------------------------------------------------------------------------------------------------------
+# Holds the failed-authentication counters of the API, which every web process must share: by default the broker's
+# Redis (keys prefixed "firehose:"), else CACHE_URL (e.g. redis://host:6379/1). Short timeouts: when the cache is down,
+# API keys still work, only without the rate limit.
+_redis_broker = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+_cache_url = env.str("CACHE_URL", default="").strip() or (CELERY_BROKER_URL if _redis_broker else "locmemcache://")
+CACHES = {"default": env.cache_url_config(_cache_url)}
+CACHES["default"].setdefault("KEY_PREFIX", "firehose")
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    CACHES["default"].setdefault("OPTIONS", {}).setdefault("socket_connect_timeout", 0.5)
+    CACHES["default"]["OPTIONS"].setdefault("socket_timeout", 0.5)
 
 LOGGING = {
     "version": 1,

@@ -9,6 +9,8 @@ os.environ.setdefault("FIREHOSE_BACKOFF_BASE_SECONDS", "0.05")
 os.environ.setdefault("FIREHOSE_BACKOFF_CAP_SECONDS", "1")
 os.environ.setdefault("FIREHOSE_RETRY_LIMIT", "3")
 os.environ.setdefault("SWEEP_INTERVAL_SECONDS", "1")
+# A cache of this process only: failed-authentication counters must not carry over between concurrent test runs.
+os.environ.setdefault("CACHE_URL", "locmemcache://")
 
 from .settings import *  # noqa: E402,F403
 

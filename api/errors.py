@@ -2,12 +2,17 @@
 
 from typing import Any
 
+from django.conf import settings
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 Error = tuple[str, str]
+
+# Error paths and messages echo what the client sent (an unknown key, a bad choice): cap them.
+MAX_ECHO_LENGTH = 1000
 
 
 class InvalidInput(exceptions.APIException):
@@ -18,6 +23,17 @@ class InvalidInput(exceptions.APIException):
     def __init__(self, errors: list[Error]):
         super().__init__("Invalid input.")
         self.errors = errors
+
+
+class BodyTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self) -> None:
+        super().__init__(body_too_large_message())
+
+
+def body_too_large_message() -> str:
+    return f"The body is over {settings.API_MAX_BODY_BYTES} bytes."
 
 
 def flatten(detail: Any, path: str = "") -> list[Error]:
@@ -44,8 +60,19 @@ def flatten(detail: Any, path: str = "") -> list[Error]:
     return [(path or "body", str(detail))]
 
 
+def _echo(text: str) -> str:
+    """Text that is safe to render: unpaired surrogates (which UTF-8 cannot encode) escaped, long echoes cut."""
+    if len(text) > MAX_ECHO_LENGTH:
+        text = text[:MAX_ECHO_LENGTH] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_body(errors: list[Error]) -> dict:
+    return {"errors": [{"field": _echo(field), "message": _echo(message)} for field, message in errors]}
+
+
 def error_response(errors: list[Error], status_code: int) -> Response:
-    return Response({"errors": [{"field": field, "message": message} for field, message in errors]}, status=status_code)
+    return Response(error_body(errors), status=status_code)
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
@@ -60,11 +87,14 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         errors = flatten(exc.detail)
     elif isinstance(exc, exceptions.ParseError):
         errors = [("body", f"Not valid JSON: {exc.detail}")]
+    elif isinstance(exc, (BodyTooLarge, exceptions.UnsupportedMediaType)):
+        errors = [("body", str(exc.detail))]
     else:
         errors = [("", str(getattr(exc, "detail", exc)))]
-    response.data = {"errors": [{"field": field, "message": message} for field, message in errors]}
+    response.data = error_body(errors)
     return response
 
 
+@csrf_exempt  # like every API view: without it, a POST to an unknown API path got Django's HTML "CSRF failed" page
 def not_found(request, *args, **kwargs) -> JsonResponse:
-    return JsonResponse({"errors": [{"field": "", "message": "Not found."}]}, status=404)
+    return JsonResponse(error_body([("", "Not found.")]), status=404)

@@ -2,6 +2,9 @@
 
 from typing import Any
 
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from audiences.identities import IDENTITY_KEYS, MAX_IDENTITY_LENGTH
@@ -9,7 +12,7 @@ from audiences.models import Audience, User
 from integrations.models import ACCESS_KEY_ID_PATTERN, STREAM_NAME_PATTERN, Configuration, Connection, SystemAlert
 from integrations.regions import FIREHOSE_REGIONS
 
-from .validation import text_error
+from .validation import MAX_TIMESTAMP, MAX_USER_ID_LENGTH, text_error
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -62,6 +65,35 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StrictSerializerSchema(OpenApiSerializerExtension):
+    """The OpenAPI document says what StrictSerializer does: a request body with an unknown field is refused."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction) -> dict:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            key: {"type": "string", "minLength": 1, "maxLength": MAX_IDENTITY_LENGTH} for key in IDENTITY_KEYS
+        },
+        "additionalProperties": False,
+        "description": "Identity key to value (contract section 2).",
+    }
+)
+class IdentitiesField(serializers.DictField):
+    """For the OpenAPI document: identities are validated by audiences.identities.identity_errors."""
+
+    child = serializers.CharField(max_length=MAX_IDENTITY_LENGTH)
+
+
 # --- audiences --------------------------------------------------------------------------------------------------
 
 
@@ -82,17 +114,26 @@ class AudienceUpdateSerializer(AudienceSerializer):
     external_name = TextField(max_length=255, required=False, allow_blank=True)
 
 
-class ChangeSerializer(serializers.Serializer):
+class ChangeSerializer(StrictSerializer):
     """For the OpenAPI document; requests are validated by api.validation.parse_changes."""
 
-    user_id = serializers.CharField(max_length=256)
+    user_id = serializers.CharField(min_length=1, max_length=MAX_USER_ID_LENGTH)
     is_member = serializers.BooleanField()
-    identities = serializers.DictField(child=serializers.CharField(max_length=MAX_IDENTITY_LENGTH), required=False)
-    timestamp = serializers.IntegerField(required=False, min_value=0, help_text="Unix seconds of the change.")
+    identities = IdentitiesField(required=False)
+    timestamp = serializers.IntegerField(
+        required=False, min_value=0, max_value=MAX_TIMESTAMP, help_text="Unix seconds of the change."
+    )
 
 
-class ChangesRequestSerializer(serializers.Serializer):
-    changes = ChangeSerializer(many=True, help_text="At most 10,000 changes, validated as a whole.")
+class ChangesRequestSerializer(StrictSerializer):
+    """A batch of membership changes: one bad change rejects the whole batch, and nothing is stored."""
+
+    changes = serializers.ListField(
+        child=ChangeSerializer(),
+        min_length=1,
+        max_length=settings.API_MAX_CHANGES_PER_REQUEST,
+        help_text="At most 10,000 changes, validated as a whole.",
+    )
 
 
 class ChangesResponseSerializer(serializers.Serializer):
@@ -100,16 +141,15 @@ class ChangesResponseSerializer(serializers.Serializer):
     ignored = serializers.IntegerField(help_text="Stale changes and changes that changed nothing.")
 
 
-class UserIdentitiesSerializer(serializers.Serializer):
-    identities = serializers.DictField(
-        child=serializers.CharField(max_length=MAX_IDENTITY_LENGTH),
-        help_text=f"Identity keys: {', '.join(IDENTITY_KEYS)}.",
-    )
+class UserIdentitiesSerializer(StrictSerializer):
+    """For the OpenAPI document; requests are validated by api.views.UserView."""
+
+    identities = IdentitiesField(help_text="The user's identities: they replace the ones stored.")
 
 
 class UserSerializer(serializers.ModelSerializer):
     user_id = serializers.CharField(source="external_id")
-    identities = serializers.DictField(child=serializers.CharField())
+    identities = IdentitiesField()
 
     class Meta:
         model = User
@@ -272,6 +312,7 @@ class AlertSerializer(serializers.ModelSerializer):
             "last_seen",
             "last_message",
             "open",
+            "acknowledged",
             "acknowledged_at",
         ]
 

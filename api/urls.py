@@ -17,5 +17,5 @@ urlpatterns = [
     path("connections/<int:connection_id>/pause", views.ConnectionPauseView.as_view()),
     path("connections/<int:connection_id>/resume", views.ConnectionResumeView.as_view()),
     path("alerts", views.AlertListView.as_view()),
-    re_path(r"^.*$", not_found),
+    re_path(r"^[\s\S]*$", not_found),  # not ".*", which stops at a newline: /api/v1/%0A is an API 404 too
 ]

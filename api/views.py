@@ -2,6 +2,7 @@
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -33,7 +34,7 @@ from integrations.services import (
 from . import serializers as s
 from .errors import InvalidInput, flatten
 from .models import ApiKey
-from .validation import identities_or_raise, parse_changes, user_id_error
+from .validation import JSONParser, identities_or_raise, parse_changes, user_id_error
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 404, 413, 415)}
 
@@ -48,12 +49,24 @@ def _model_errors(exc: DjangoValidationError) -> InvalidInput:
     return InvalidInput(flatten(exc.message_dict if hasattr(exc, "error_dict") else {"body": exc.messages}))
 
 
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    """Documents `Authorization: Bearer <api key>` in the OpenAPI document."""
+
+    target_class = "api.authentication.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {"type": "http", "scheme": "bearer", "description": "An API key, created in the admin."}
+
+
 class IngestView(APIView):
     required_scope = ApiKey.Scope.INGEST
+    parser_classes = [JSONParser]
 
 
 class ManageView(APIView):
     required_scope = ApiKey.Scope.MANAGE
+    parser_classes = [JSONParser]
 
 
 # --- audiences --------------------------------------------------------------------------------------------------
@@ -224,7 +237,7 @@ class AlertListView(ManageView):
         errors = []
         connection_id = request.query_params.get("connection")
         if connection_id is not None:
-            if not connection_id.isdigit() or len(connection_id) > 18:
+            if not (connection_id.isascii() and connection_id.isdigit()) or len(connection_id) > 18:
                 errors.append(("connection", "Must be a connection id."))
         is_open = request.query_params.get("open")
         if is_open is not None and is_open not in ("true", "false"):

@@ -121,9 +121,10 @@ def connection_drain(connection_id: int, *, time_budget: float | None = None) ->
         report.leased = False
         return report
     deadline = time.monotonic() + (settings.DRAIN_TIME_BUDGET_SECONDS if time_budget is None else time_budget)
+    renewed = time.monotonic()
     try:
         while True:
-            connection = Connection.objects.select_related("configuration").get(pk=connection_id)
+            connection = Connection.objects.select_related("configuration", "audience").get(pk=connection_id)
             if not _is_sendable(connection, timezone.now()):
                 break
             if time.monotonic() >= deadline:
@@ -138,10 +139,12 @@ def connection_drain(connection_id: int, *, time_budget: float | None = None) ->
                 break
             _send_batch(connection, batch, report)
             report.batches += 1
-            if not _lease_renew(connection_id, token):
-                logger.warning("Lost the lease on connection %s; stopping this drain.", connection_id)
-                token = ""
-                break
+            if time.monotonic() - renewed > settings.DRAIN_LEASE_SECONDS / 4:
+                if not _lease_renew(connection_id, token):
+                    logger.warning("Lost the lease on connection %s; stopping this drain.", connection_id)
+                    token = ""
+                    break
+                renewed = time.monotonic()
     finally:
         if token:
             _lease_release(connection_id, token)
@@ -175,7 +178,7 @@ def _claim_batch(connection: Connection, report: DrainReport) -> Batch | None:
     ]
     if not candidates:
         return Batch()
-    audience = Audience.objects.only("internal_name", "external_name").get(pk=connection.audience_id)
+    audience = connection.audience
     excluded = connection.excluded_identity_keys
     batch = Batch()
     users_in_batch: set[int] = set()

@@ -111,6 +111,7 @@ def client_for(credentials: Credentials) -> Any:
         client = _clients.get(credentials)
         if client is None:
             config = Config(
+                parameter_validation=False,  # we build the requests; validating 500 records costs more than sending
                 retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=settings.FIREHOSE_CONNECT_TIMEOUT_SECONDS,
                 read_timeout=settings.FIREHOSE_READ_TIMEOUT_SECONDS,

@@ -1,0 +1,59 @@
+"""The drain's cost per batch does not grow with the backlog: the same queries per batch, and an index scan that
+starts at the head of the connection's backlog."""
+
+import pytest
+from django.db import connection as db_connection
+from django.test.utils import CaptureQueriesContext
+
+from audiences.services import ChangeIn, membership_changes_apply
+from integrations.delivery import connection_drain
+from integrations.models import Delivery
+from integrations.services import connection_pause, connection_resume
+
+from .conftest import drain
+
+
+def queue(audience, count: int, offset: int) -> None:
+    changes = [
+        ChangeIn(user_id=f"user-{n}", is_member=True, identities={"CustomerId": f"c{n}"})
+        for n in range(offset, offset + count)
+    ]
+    membership_changes_apply(audience=audience, changes=changes)
+
+
+def queries_to_drain(connection, audience, backlog: int, offset: int) -> tuple[int, int]:
+    connection_pause(connection=connection)
+    queue(audience, backlog, offset)
+    connection_resume(connection=connection)
+    with CaptureQueriesContext(db_connection) as queries:
+        report = connection_drain(connection.pk, time_budget=60)
+    assert report.delivered == backlog
+    return len(queries), report.batches
+
+
+def test_queries_per_batch_stay_constant_as_the_backlog_grows(connection, audience, stream):
+    drain(connection)  # the (empty) initial sync
+    small, small_batches = queries_to_drain(connection, audience, 1000, 0)
+    medium, medium_batches = queries_to_drain(connection, audience, 3000, 10_000)
+    large, large_batches = queries_to_drain(connection, audience, 5000, 20_000)
+    assert (small_batches, medium_batches, large_batches) == (2, 6, 10)
+    assert large - medium == medium - small, (small, medium, large)
+    assert (medium - small) / 4 <= 8, "queries per batch"
+
+
+def test_the_backlog_query_starts_from_the_partial_index(make_connection, connection, audience, stream):
+    if db_connection.vendor != "postgresql":
+        pytest.skip("reads PostgreSQL's query plan")
+    other = make_connection(stream_name="other-stream")
+    connection_pause(connection=connection)
+    queue(audience, 5000, 0)
+    Delivery.objects.filter(connection=other).update(status=Delivery.Status.DELIVERED)
+    with db_connection.cursor() as cursor:
+        cursor.execute("ANALYZE integrations_delivery")
+    plan = (
+        Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING)
+        .order_by("id")
+        .values_list("pk")[:500]
+        .explain()
+    )
+    assert "delivery_backlog_idx" in plan, plan

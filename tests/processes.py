@@ -17,7 +17,7 @@ from django.db import connection
 from .localhost import BASE_DIR, BIN, free_port, port_open, wait_for
 
 
-def test_database_url() -> str:
+def tests_database_url() -> str:
     """The URL of the database the test runs on, for the processes it starts."""
     details = connection.settings_dict
     if connection.vendor == "sqlite":
@@ -32,7 +32,7 @@ def process_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "PYTEST_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="project.test_settings",
-        DATABASE_URL=test_database_url(),
+        DATABASE_URL=tests_database_url(),
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         PYTHONUNBUFFERED="1",
         **extra,

@@ -7,6 +7,7 @@ The data port speaks Firehose's JSON 1.1 protocol (PutRecordBatch, PutRecord, De
 name exists. The control port takes JSON:
 
 - `GET /records?stream=S&after=N`: records after arrival position N, base64-encoded;
+  `&with_times=1` answers `[[t, base64], ...]` instead, t being the record's arrival (`time.time()` when stored);
 - `GET /stats`: records, bytes and requests per stream, and the calls answered with each fault;
 - `POST /behaviour`: `{"throttle": 0.3, "fail_entries": 0.1, "error_500": 0.0, "hang_seconds": 0, "hang": 0.0,
   "refuse": false}`; probabilities per request (or per entry for `fail_entries`); `refuse` closes the data port.
@@ -15,6 +16,7 @@ name exists. The control port takes JSON:
 from __future__ import annotations
 
 import argparse
+import array
 import base64
 import json
 import random
@@ -34,6 +36,7 @@ class State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.records: dict[str, list[bytes]] = defaultdict(list)
+        self.arrivals: dict[str, array.array] = defaultdict(lambda: array.array("d"))  # time.time() per record
         self.bytes: dict[str, int] = defaultdict(int)
         self.requests: dict[str, int] = defaultdict(int)
         self.faults: dict[str, int] = defaultdict(int)
@@ -50,6 +53,9 @@ STATE = State()
 
 class DataHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes: with Nagle's algorithm the body would wait for the client's
+    # delayed ACK (about 40 ms on Linux) on every kept-alive request, which is not Firehose's latency.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -116,6 +122,7 @@ class DataHandler(BaseHTTPRequestHandler):
     def _store(stream: str, records: list[bytes]) -> None:
         with STATE.lock:
             STATE.records[stream].extend(records)
+            STATE.arrivals[stream].extend([time.time()] * len(records))
             STATE.bytes[stream] += sum(len(record) for record in records)
 
 
@@ -173,7 +180,11 @@ def control_handler(data: DataServer) -> type[BaseHTTPRequestHandler]:
             params = dict(item.split("=", 1) for item in query.split("&") if "=" in item)
             with STATE.lock:
                 if path == "/records":
-                    records = STATE.records[params.get("stream", "")][int(params.get("after", 0)) :]
+                    stream, after = params.get("stream", ""), int(params.get("after", 0))
+                    records = STATE.records[stream][after:]
+                    if params.get("with_times") in ("1", "true"):
+                        pairs = zip(STATE.arrivals[stream][after:], records, strict=True)
+                        return self._json([[at, base64.b64encode(record).decode()] for at, record in pairs])
                     return self._json([base64.b64encode(record).decode() for record in records])
                 if path == "/stats":
                     return self._json(
@@ -202,6 +213,7 @@ def control_handler(data: DataServer) -> type[BaseHTTPRequestHandler]:
             if self.path == "/reset":
                 with STATE.lock:
                     STATE.records.clear()
+                    STATE.arrivals.clear()
                     STATE.bytes.clear()
                     STATE.requests.clear()
                     STATE.faults.clear()

@@ -206,18 +206,21 @@ def workers(cluster: Cluster):
 def test_a_workers_killed_at_random_moments_lose_nothing(cluster: Cluster, workers):
     cluster.start_workers(3, concurrency=1)
     run = Run("killed-workers", cluster).setup()
-    feed = run.feed_in_background(range(ROUNDS), pause=0.3)
+    feed = run.feed_in_background(range(ROUNDS), pause=1.0)
     rng = random.Random(1)
     kills = 0
-    while kills < 10:
-        time.sleep(rng.uniform(0.5, 1.5))
+    deadline = time.monotonic() + 180
+    while kills < 10 and time.monotonic() < deadline and (feed.is_alive() or run.backlog() > 0):
         if run.backlog() == 0:
+            time.sleep(0.05)
             continue  # only kill during delivery
         cluster.kill_random_worker(rng)
         kills += 1
+        time.sleep(rng.uniform(0.3, 1.2))
     run.join_feed(feed)
     run.wait_until_delivered()
     run.check(max_duplicates=kills * BATCH)
+    assert kills == 10, f"only {kills} kills landed during delivery"
 
 
 def test_b_redis_stopped_for_30_seconds_loses_nothing(cluster: Cluster, workers):

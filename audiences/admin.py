@@ -15,6 +15,7 @@ from django.utils.text import Truncator
 
 from integrations.admin import can_view_configurations, connection_status_badge, date_column
 from integrations.models import Connection
+from project.admin_filters import choice_filter
 
 from .models import Audience, Membership, User
 from .services import audience_create, audience_delete, audience_update
@@ -23,19 +24,9 @@ USER_MEMBERSHIPS_SHOWN = 100
 NO_IDENTITIES = "none (anonymous)"
 
 
-class DeletedFilter(admin.SimpleListFilter):
-    title = "deleted"
-    parameter_name = "deleted"
-
-    def lookups(self, request, model_admin):
-        return [("no", "live"), ("yes", "deleted")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "no":
-            return queryset.filter(deleted_at__isnull=True)
-        if self.value() == "yes":
-            return queryset.filter(deleted_at__isnull=False)
-        return queryset
+DeletedFilter = choice_filter(
+    "deleted", "deleted", {"no": ("live", Q(deleted_at__isnull=True)), "yes": ("deleted", Q(deleted_at__isnull=False))}
+)
 
 
 class ConnectionInline(admin.TabularInline):

@@ -38,6 +38,7 @@ from django.utils.timesince import timesince, timeuntil
 from django.views.decorators.debug import sensitive_post_parameters
 
 from audiences.identities import IDENTITY_LABELS
+from project.admin_filters import choice_filter
 
 from .alerts import alerts_acknowledge
 from .forms import SECRET_FIELD, ConfigurationAdminForm, ConnectionAdminForm
@@ -649,19 +650,9 @@ class ConnectionAdmin(admin.ModelAdmin):
 # --- System Alerts ----------------------------------------------------------------------------------------------
 
 
-class OpenAlertFilter(admin.SimpleListFilter):
-    title = "open"
-    parameter_name = "open"
-
-    def lookups(self, request, model_admin):
-        return [("yes", "open"), ("no", "acknowledged")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.filter(acknowledged=False)
-        if self.value() == "no":
-            return queryset.filter(acknowledged=True)
-        return queryset
+OpenAlertFilter = choice_filter(
+    "open", "open", {"yes": ("open", Q(acknowledged=False)), "no": ("acknowledged", Q(acknowledged=True))}
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -7,6 +7,7 @@ from celery import shared_task
 from django.conf import settings
 
 from .delivery import connection_drain, connections_sweep
+from .health import worker_heartbeat_record
 from .retention import deliveries_purge
 from .services import connection_kick
 
@@ -28,6 +29,7 @@ def drain_connection(connection_id: int) -> dict:
 
 @shared_task(ignore_result=True)
 def sweep_connections() -> list[int]:
+    worker_heartbeat_record()
     return connections_sweep()
 
 

@@ -3,6 +3,8 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from integrations.views import healthz
+
 admin.site.site_header = "Firehose Audience Forwarder"
 admin.site.site_title = "Firehose Audience Forwarder"
 admin.site.index_title = "Audiences, connections and System Alerts"
@@ -10,6 +12,7 @@ admin.site.index_title = "Audiences, connections and System Alerts"
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(
         "api/docs/",

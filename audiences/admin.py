@@ -15,7 +15,7 @@ from django.utils.text import Truncator
 
 from integrations.admin import can_view_configurations, connection_status_badge, date_column
 from integrations.models import Connection
-from project.admin_filters import choice_filter
+from project.admin_tools import ReadOnlyAdmin, choice_filter
 
 from .models import Audience, Membership, User
 from .services import audience_create, audience_delete, audience_update
@@ -137,7 +137,7 @@ class AudienceAdmin(admin.ModelAdmin):
 
 
 @admin.register(User)
-class UserAdmin(admin.ModelAdmin):
+class UserAdmin(ReadOnlyAdmin):
     """Users are written by the API only (identities go through user_identities_update, which sends the changes)."""
 
     list_display = ["external_id", "identity_summary", "created", "updated"]
@@ -147,15 +147,6 @@ class UserAdmin(admin.ModelAdmin):
     readonly_fields = fields
     ordering = ["-id"]
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[User], search_term: str):
         """Exact or prefix match on the user id, which the unique index answers (no scan of every user)."""

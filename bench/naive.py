@@ -4,21 +4,21 @@
 
 (CELERY_BROKER_URL, when set, overrides NAIVE_BROKER_URL: Celery reads it first.)
 
-Each task carries its change, builds a fresh JSON record (the same record as integrations/records.py) and sends it
-with one boto3 `put_record`. There is no outbox, no batching and no ordering: what a broker loses is lost. The boto3
-client is cached per process, so the baseline pays for requests, not for building clients. Nothing of the product
-is imported: this module stands alone.
+Each task carries its change, builds its record with the product's own `membership_record` (no database needed)
+and sends it with one boto3 `put_record`. There is no outbox, no batching and no ordering: what a broker loses is
+lost. The boto3 client is cached per process, so the baseline pays for requests, not for building clients.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cache
 from typing import Any
 
 import boto3
 from celery import Celery
+
+from integrations.records import membership_record
 
 app = Celery("naive", broker=os.environ.get("NAIVE_BROKER_URL", "redis://127.0.0.1:6379/1"))
 app.conf.update(
@@ -50,14 +50,12 @@ def put_change(
     identities: dict[str, str],
     timestamp: int,
 ) -> None:
-    record = json.dumps(
-        {
-            "MembershipChangedTimestamp": str(timestamp),
-            "AudienceId": audience_id,
-            "AudienceName": audience_name,
-            "IsMember": is_member,
-            "UserIdentities": identities,
-        },
-        ensure_ascii=False,
+    record = membership_record(
+        timestamp=timestamp,
+        audience_id=audience_id,
+        audience_name=audience_name,
+        is_member=is_member,
+        identities=identities,
+        append_newline=True,
     )
-    firehose_client(endpoint_url).put_record(DeliveryStreamName=stream, Record={"Data": (record + "\n").encode()})
+    firehose_client(endpoint_url).put_record(DeliveryStreamName=stream, Record={"Data": record})

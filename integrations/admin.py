@@ -38,7 +38,7 @@ from django.utils.timesince import timesince, timeuntil
 from django.views.decorators.debug import sensitive_post_parameters
 
 from audiences.identities import IDENTITY_LABELS
-from project.admin_filters import choice_filter
+from project.admin_tools import ReadOnlyAdmin, choice_filter
 
 from .alerts import alerts_acknowledge
 from .forms import SECRET_FIELD, ConfigurationAdminForm, ConnectionAdminForm
@@ -655,21 +655,16 @@ OpenAlertFilter = choice_filter(
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Logs and alerts are written by the delivery engine only: the admin can look, never add, change or delete."""
+class EngineLogAdmin(ReadOnlyAdmin):
+    """Alerts, deliveries and attempts: read-only, each row linked to its connection."""
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.display(description="Connection", ordering="connection")
+    def connection_link(self, obj: SystemAlert | Delivery | DeliveryAttempt) -> str:
+        return _connection_link(obj.connection)
 
 
 @admin.register(SystemAlert)
-class SystemAlertAdmin(ReadOnlyAdmin):
+class SystemAlertAdmin(EngineLogAdmin):
     list_display = ["open", "type", "connection_link", "count", "last_seen_column", "message"]
     list_display_links = ["type"]
     list_filter = [OpenAlertFilter, ("connection", ConnectionListFilter), "type"]
@@ -694,10 +689,6 @@ class SystemAlertAdmin(ReadOnlyAdmin):
     last_seen_detail = date_column("last_seen", "Last seen", compact=False)
     acknowledged_at_detail = date_column("acknowledged_at", "Acknowledged at", compact=False)
 
-    @admin.display(description="Connection", ordering="connection")
-    def connection_link(self, obj: SystemAlert) -> str:
-        return _connection_link(obj.connection)
-
     @admin.display(description="Last message")
     def message(self, obj: SystemAlert) -> str:
         return _folded(obj.last_message, 60)
@@ -719,7 +710,7 @@ class SystemAlertAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ReadOnlyAdmin):
+class DeliveryAdmin(EngineLogAdmin):
     list_display = [
         "delivery_id",
         "status_badge",
@@ -757,10 +748,6 @@ class DeliveryAdmin(ReadOnlyAdmin):
     created = date_column("created_at", "Created")
     created_detail = date_column("created_at", "Created", compact=False)
     delivered_detail = date_column("delivered_at", "Delivered", compact=False)
-
-    @admin.display(description="Connection", ordering="connection")
-    def connection_link(self, obj: Delivery) -> str:
-        return _connection_link(obj.connection)
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: Delivery) -> str:
@@ -809,7 +796,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
 
 
 @admin.register(DeliveryAttempt)
-class DeliveryAttemptAdmin(ReadOnlyAdmin):
+class DeliveryAttemptAdmin(EngineLogAdmin):
     list_display = ["outcome_badge", "error", "started", "connection_link", "record_count", "duration"]
     list_display_links = ["started"]
     list_filter = ["outcome", "operation", ("connection", ConnectionListFilter)]
@@ -834,10 +821,6 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
 
     started = date_column("started_at", "Started")
     started_detail = date_column("started_at", "Started", compact=False)
-
-    @admin.display(description="Connection", ordering="connection")
-    def connection_link(self, obj: DeliveryAttempt) -> str:
-        return _connection_link(obj.connection)
 
     @admin.display(description="Outcome", ordering="outcome")
     def outcome_badge(self, obj: DeliveryAttempt) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -48,7 +48,6 @@ class EmulatedStream:
     name: str = "audience-stream"
     bucket: str = "audience-records"
     region: str = REGION
-    calls: list[tuple[str, int]] = field(default_factory=list)
 
     def create(self) -> EmulatedStream:
         boto3.client("s3", region_name=self.region).create_bucket(Bucket=self.bucket)

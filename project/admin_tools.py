@@ -1,7 +1,10 @@
-"""A list filter with a few named choices, each a Q object: shared by the admins of several apps."""
+"""Admin pieces shared by the apps: a list filter of named choices, and the base of read-only admins."""
+
+from typing import Any
 
 from django.contrib import admin
 from django.db.models import Q, QuerySet
+from django.http import HttpRequest
 
 
 def choice_filter(title: str, parameter_name: str, choices: dict[str, tuple[str, Q]]) -> type[admin.SimpleListFilter]:
@@ -16,3 +19,17 @@ def choice_filter(title: str, parameter_name: str, choices: dict[str, tuple[str,
     ChoiceFilter.title = title
     ChoiceFilter.parameter_name = parameter_name
     return ChoiceFilter
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the product only (logs, alerts, users fed by the API): the admin looks, never adds, changes or
+    deletes."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

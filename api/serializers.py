@@ -238,6 +238,12 @@ class ConnectionSerializer(StrictSerializer):
         max_length=len(IDENTITY_KEYS),
     )
     append_newline = StrictBooleanField(required=False, default=True)
+    max_records_per_second = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=2_147_483_647
+    )
+    max_bytes_per_second = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=2_147_483_647
+    )
     status = serializers.CharField(read_only=True)
     backlog = serializers.IntegerField(read_only=True)
     delivered = serializers.IntegerField(read_only=True, source="delivered_count")
@@ -247,6 +253,7 @@ class ConnectionSerializer(StrictSerializer):
     last_error = serializers.CharField(read_only=True)
     last_error_at = serializers.DateTimeField(read_only=True)
     stream_arn = serializers.CharField(read_only=True)
+    send_rate = serializers.FloatField(read_only=True, help_text="Share of the rate limits in use now (AIMD).")
     resync = serializers.SerializerMethodField()
 
     def get_resync(self, connection: Connection) -> dict:
@@ -288,6 +295,12 @@ class ConnectionUpdateSerializer(ConnectionSerializer):
         child=serializers.ChoiceField(choices=IDENTITY_KEYS), required=False, max_length=len(IDENTITY_KEYS)
     )
     append_newline = StrictBooleanField(required=False)
+    max_records_per_second = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=2_147_483_647
+    )
+    max_bytes_per_second = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=2_147_483_647
+    )
 
 
 class ConnectionTestSerializer(serializers.Serializer):

@@ -318,8 +318,15 @@ CONNECTION_STATUS = [
     "consecutive_failures",
     "next_attempt",
     "batch_permitted",
+    "send_rate_text",
 ]
+CONNECTION_RATE = ["max_records_per_second", "max_bytes_per_second"]
 CONNECTION_STREAM = ["stream_arn_text", "last_tested", "iam_policy"]
+RATE_DESCRIPTION = (
+    "Records are sent no faster than these limits, shared by all the workers delivering this connection. "
+    "Blank means the stream's Direct PUT quota for its region. When Firehose throttles anyway, the rate in use halves, "
+    "then climbs back step by step."
+)
 IDENTITIES_DESCRIPTION = (
     "An identity is forwarded only if its Forward toggle is on <strong>and</strong> it is not ticked under "
     "Identities To Exclude. Email Address, Customer ID, IDFA and GAID have both settings; every other identity "
@@ -352,6 +359,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         settings = [
             ("Connection Settings", {"fields": fields}),
             ("Identities", {"fields": identities, "description": IDENTITIES_DESCRIPTION}),
+            ("Rate limit", {"fields": CONNECTION_RATE, "description": RATE_DESCRIPTION}),
         ]
         if obj is None:
             return settings
@@ -531,6 +539,13 @@ class ConnectionAdmin(admin.ModelAdmin):
         if obj.next_attempt_at <= timezone.now():
             return when(obj.next_attempt_at)
         return format_html("{}: nothing is sent before then (set after a failed request)", when(obj.next_attempt_at))
+
+    @admin.display(description="Send rate")
+    def send_rate_text(self, obj: Connection) -> str:
+        share = f"{obj.send_rate:.0%} of the limits"
+        limits = f"{obj.records_per_second_limit:,} records/s, {obj.bytes_per_second_limit / 1024 / 1024:g} MiB/s"
+        reason = " (lowered after throttling; climbs back as batches go through)" if obj.send_rate < 1 else ""
+        return f"{share}: {limits}{reason}"
 
     @admin.display(description="Resync")
     def resync_progress(self, obj: Connection) -> str:

@@ -1,10 +1,15 @@
 """The delivery engine: drain a connection's backlog to Firehose in batches, in order, and record every outcome.
 
-One drain runs per connection at a time (a lease on the connection row, which expires if its worker dies).
-It claims pending deliveries in id order, puts at most one record per user in a batch, and sends the batches one
-after another, so each user's records arrive in the order of that user's changes. Failed entries stay pending and
-are the first to be claimed again; failed requests set `Connection.next_attempt_at` with exponential backoff, and
-the beat sweep resumes the drain when it is due.
+A connection's backlog is split into DELIVERY_SHARDS shards by user (`Delivery.shard` = user_id % shards). One
+drain runs per shard at a time (a `DrainLease`, which expires if its worker dies), so several workers, on several
+machines, deliver one connection in parallel. A drain claims its shard's pending deliveries in id order, puts at most
+one record per user in a batch, and sends its batches one after another, so each user's records arrive in the order
+of that user's changes. Failed entries stay pending and are the first to be claimed again; failed requests set
+`Connection.next_attempt_at` with exponential backoff, and the beat sweep resumes the drains when it is due.
+
+Every batch first takes its place under the connection's rate limit (records/s and bytes/s, the region's quota
+unless set lower), scaled by `Connection.send_rate`: halved when Firehose throttles, raised a step per accepted
+batch (AIMD), so that the producer avoids throttling instead of only retrying it.
 """
 
 from __future__ import annotations
@@ -19,22 +24,32 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db import connection as db_connection
-from django.db.models import F, Q
+from django.db.models import Case, DateTimeField, ExpressionWrapper, F, Q, Value, When
+from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
+from audiences.identities import IdentitiesField
 from audiences.models import Audience, Membership
 
 from . import firehose
 from .alerts import alert_raise
-from .models import Connection, Delivery, DeliveryAttempt
+from .models import Connection, Delivery, DeliveryAttempt, DrainLease
 from .records import audience_deleted_record, identities_forwarded, membership_record
 from .services import connection_credentials, connection_kick
 
 logger = logging.getLogger(__name__)
 
-RESYNC_PAGE_SIZE = firehose.MAX_BATCH_RECORDS
+# A resync queues its members this many at a time, in one INSERT ... SELECT, across all shards.
+RESYNC_PAGE_SIZE = 5000
+
+# AIMD on Connection.send_rate, the share of the rate limits in use.
+SEND_RATE_DECREASE = 0.5  # multiplied in when Firehose throttles
+SEND_RATE_INCREASE = 0.02  # added per batch accepted in full, up to 1
+SEND_RATE_FLOOR = 0.01
+# Unused sending time carried over to the next batches, at most: allows a short burst after a quiet spell.
+SEND_BURST_SECONDS = 1.0
 
 
 def backoff_seconds(failures: int) -> float:
@@ -43,6 +58,10 @@ def backoff_seconds(failures: int) -> float:
         settings.FIREHOSE_BACKOFF_CAP_SECONDS, settings.FIREHOSE_BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1)
     )
     return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def shard_of(user_id: int | None) -> int:
+    return 0 if user_id is None else user_id % settings.DELIVERY_SHARDS
 
 
 @dataclass
@@ -78,7 +97,7 @@ PENDING_FIELDS = (
     "timestamp",
     "change__identities",
     "change__previous_identities",
-    "user__identities",
+    "resync_identities",
 )
 
 
@@ -87,78 +106,111 @@ class Batch:
     deliveries: list[Pending] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     size: int = 0
+    # The id after which the next claim may start: every pending delivery of this shard up to it is in this batch.
+    claimed_through: int = 0
+    # The audience's deletion record waits for the other shards to send what was queued before it.
+    waiting_for_other_shards: bool = False
 
 
 # --- lease ------------------------------------------------------------------------------------------------------
 
 
-def _lease_acquire(connection_id: int) -> str | None:
+def _lease_acquire(connection_id: int, shard: int) -> str | None:
     now = timezone.now()
     token = secrets.token_hex(8)
-    taken = Connection.objects.filter(
-        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now), pk=connection_id
-    ).update(lease_token=token, lease_expires_at=now + timedelta(seconds=settings.DRAIN_LEASE_SECONDS))
-    return token if taken else None
+    expires = now + timedelta(seconds=settings.DRAIN_LEASE_SECONDS)
+    leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard)
+    if leases.filter(Q(expires_at__isnull=True) | Q(expires_at__lt=now)).update(token=token, expires_at=expires):
+        return token
+    if leases.exists():
+        return None
+    try:
+        with transaction.atomic():
+            DrainLease.objects.create(connection_id=connection_id, shard=shard, token=token, expires_at=expires)
+    except IntegrityError:
+        return None  # another drain created it first, or the connection is gone
+    return token
 
 
-def _lease_renew(connection_id: int, token: str) -> bool:
+def _lease_renew(connection_id: int, shard: int, token: str) -> bool:
     expires = timezone.now() + timedelta(seconds=settings.DRAIN_LEASE_SECONDS)
-    return bool(Connection.objects.filter(pk=connection_id, lease_token=token).update(lease_expires_at=expires))
+    leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard, token=token)
+    return bool(leases.update(expires_at=expires))
 
 
-def _lease_release(connection_id: int, token: str) -> None:
-    Connection.objects.filter(pk=connection_id, lease_token=token).update(lease_token="", lease_expires_at=None)
+def _lease_release(connection_id: int, shard: int, token: str) -> None:
+    DrainLease.objects.filter(connection_id=connection_id, shard=shard, token=token).update(token="", expires_at=None)
 
 
 # --- drain ------------------------------------------------------------------------------------------------------
 
 
-def connection_drain(connection_id: int, *, time_budget: float | None = None) -> DrainReport:
-    """Send what is due on one connection, for at most `time_budget` seconds."""
+def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float | None = None) -> DrainReport:
+    """Send what is due on one shard of a connection, for at most `time_budget` seconds."""
     report = DrainReport()
-    token = _lease_acquire(connection_id)
+    token = _lease_acquire(connection_id, shard)
     if token is None:
         report.leased = False
         return report
     deadline = time.monotonic() + (settings.DRAIN_TIME_BUDGET_SECONDS if time_budget is None else time_budget)
     renewed = time.monotonic()
+    claimed_through = 0
+    waiting = False
     try:
+        connection = _connection_for_drain(connection_id)
         while True:
-            connection = Connection.objects.select_related("configuration", "audience").get(pk=connection_id)
             if not _is_sendable(connection, timezone.now()):
                 break
             if time.monotonic() >= deadline:
                 report.more_work = True
                 break
-            batch = _claim_batch(connection, report)
+            batch = _claim_batch(connection, shard, claimed_through, report)
             if batch is None:
                 continue  # only skipped or oversized deliveries were claimed: claim again
+            waiting = batch.waiting_for_other_shards
             if not batch.deliveries:
-                if connection.resync_running and _queue_resync_page(connection):
+                if claimed_through and not waiting:
+                    # Claims start after the last batch, skipping the index entries of rows just delivered; once
+                    # that finds nothing, look once from the head for rows that committed late with lower ids.
+                    claimed_through = 0
+                    continue
+                if not waiting and connection.resync_running and _queue_resync_page(connection):
                     continue
                 break
-            _send_batch(connection, batch, report)
+            # Take the batch's place under the rate limit, and re-read the connection: paused, faulted or backed
+            # off by another shard meanwhile means the batch stays pending.
+            connection, wait = _reserve_send_slot(connection, batch)
+            if not _is_sendable(connection, timezone.now()):
+                break
+            if wait > 0:
+                time.sleep(wait)
+            if _send_batch(connection, batch, report):
+                claimed_through = batch.claimed_through
+            else:
+                claimed_through = 0  # failed entries stay pending at the head of the shard
             report.batches += 1
+            if waiting:
+                break
             if time.monotonic() - renewed > settings.DRAIN_LEASE_SECONDS / 4:
-                if not _lease_renew(connection_id, token):
-                    logger.warning("Lost the lease on connection %s; stopping this drain.", connection_id)
+                if not _lease_renew(connection_id, shard, token):
+                    logger.warning("Lost the lease on shard %s of connection %s; stopping.", shard, connection_id)
                     token = ""
                     break
                 renewed = time.monotonic()
     finally:
         if token:
-            _lease_release(connection_id, token)
-    if token and not report.more_work:
+            _lease_release(connection_id, shard, token)
+    if token and not report.more_work and not waiting:
         # A change committed between the last empty claim and the release found the lease taken: look once more.
-        report.more_work = connection_has_due_work(connection_id)
+        report.more_work = connection_has_due_work(connection_id, shard)
     return report
 
 
-def connection_has_due_work(connection_id: int) -> bool:
+def connection_has_due_work(connection_id: int, shard: int) -> bool:
     connection = Connection.objects.filter(pk=connection_id).only("status", "next_attempt_at", "resync_cursor").first()
     if connection is None or not _is_sendable(connection, timezone.now()):
         return False
-    pending = Delivery.objects.filter(connection_id=connection_id, status=Delivery.Status.PENDING)
+    pending = Delivery.objects.filter(connection_id=connection_id, shard=shard, status=Delivery.Status.PENDING)
     return connection.resync_running or pending.exists()
 
 
@@ -168,26 +220,50 @@ def _is_sendable(connection: Connection, now: datetime) -> bool:
     return connection.next_attempt_at is None or connection.next_attempt_at <= now
 
 
-def _claim_batch(connection: Connection, report: DrainReport) -> Batch | None:
-    """Build the next batch from the head of the backlog. Returns None when only non-sendable rows were settled."""
-    candidates = [
-        Pending(*row)
-        for row in Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING)
+def _batch_limits(connection: Connection) -> tuple[int, int]:
+    """Records and bytes per batch: Firehose's limits, and no more than about a second's worth of the rate limit."""
+    rate = max(connection.send_rate, SEND_RATE_FLOOR)
+    records = max(1, min(firehose.MAX_BATCH_RECORDS, int(connection.records_per_second_limit * rate)))
+    size = max(1, min(firehose.MAX_BATCH_BYTES, int(connection.bytes_per_second_limit * rate)))
+    return records, size
+
+
+def _claim_batch(connection: Connection, shard: int, claimed_through: int, report: DrainReport) -> Batch | None:
+    """Build the next batch from the head of the shard's backlog (after `claimed_through`). Returns None when only
+    non-sendable rows were settled."""
+    max_records, max_bytes = _batch_limits(connection)
+    rows = (
+        Delivery.objects.filter(
+            connection=connection, shard=shard, status=Delivery.Status.PENDING, pk__gt=claimed_through
+        )
         .order_by("id")
-        .values_list(*PENDING_FIELDS)[: firehose.MAX_BATCH_RECORDS]
-    ]
+        .annotate(
+            # The member's current identities, read for resync records only.
+            resync_identities=Case(
+                When(kind=Delivery.Kind.RESYNC, then=F("user__identities")), output_field=IdentitiesField(null=True)
+            )
+        )
+        .values_list(*PENDING_FIELDS)[:max_records]
+    )
+    candidates = [Pending(*row) for row in rows]
+    batch = Batch(claimed_through=candidates[-1].pk if candidates else claimed_through)
     if not candidates:
-        return Batch()
+        return batch
     audience = connection.audience
     excluded = connection.excluded_identity_keys
-    batch = Batch()
     users_in_batch: set[int] = set()
     skipped: list[int] = []
     anonymous_skipped = 0
     too_large: list[Pending] = []
+    left_behind: int | None = None  # the first candidate that stays pending
     for delivery in candidates:
         if delivery.user_id is not None and delivery.user_id in users_in_batch:
+            left_behind = left_behind or delivery.pk
             continue  # at most one record per user in a batch; this one waits for the next batch
+        if delivery.kind == Delivery.Kind.AUDIENCE_DELETED and _queued_before_in_other_shards(connection, delivery):
+            left_behind = left_behind or delivery.pk
+            batch.waiting_for_other_shards = True
+            break
         record = _record_for(delivery, connection, audience, excluded)
         if record is None:
             skipped.append(delivery.pk)
@@ -199,13 +275,16 @@ def _claim_batch(connection: Connection, report: DrainReport) -> Batch | None:
         if len(record) > firehose.MAX_RECORD_BYTES:
             too_large.append(delivery)
             continue
-        if batch.size + len(record) > firehose.MAX_BATCH_BYTES:
+        if batch.deliveries and batch.size + len(record) > max_bytes:
+            left_behind = left_behind or delivery.pk
             break
         batch.deliveries.append(delivery)
         batch.records.append(record)
         batch.size += len(record)
         if delivery.user_id is not None:
             users_in_batch.add(delivery.user_id)
+    if left_behind is not None:
+        batch.claimed_through = left_behind - 1
     if skipped:
         Delivery.objects.filter(pk__in=skipped).update(status=Delivery.Status.SKIPPED, delivered_at=timezone.now())
         report.skipped += len(skipped)
@@ -220,11 +299,16 @@ def _claim_batch(connection: Connection, report: DrainReport) -> Batch | None:
     return batch
 
 
+def _queued_before_in_other_shards(connection: Connection, delivery: Pending) -> bool:
+    pending = Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING, pk__lt=delivery.pk)
+    return pending.exclude(pk=delivery.pk).exists()
+
+
 _ANONYMOUS = b""
 
 
 def _record_for(
-    delivery: Delivery, connection: Connection, audience: Audience, excluded: frozenset[str]
+    delivery: Pending, connection: Connection, audience: Audience, excluded: frozenset[str]
 ) -> bytes | None:
     """The record's bytes; None when there is nothing to send; _ANONYMOUS when an anonymous user is not sent."""
     if delivery.kind == Delivery.Kind.AUDIENCE_DELETED:
@@ -267,44 +351,88 @@ def _fail_oversized(connection: Connection, deliveries: list[Pending], report: D
 
 
 def _queue_resync_page(connection: Connection) -> bool:
-    """Queue the next page of the running resync as deliveries. Returns False when the resync has finished."""
+    """Queue the next page of the running resync as deliveries, in one INSERT ... SELECT. Returns False when the
+    resync has finished. The connection row is locked, so that drains of other shards queue each page once."""
     with transaction.atomic():
-        members = list(
-            Membership.objects.filter(
-                audience_id=connection.audience_id,
-                is_member=True,
-                pk__gt=connection.resync_cursor or 0,
-                pk__lte=connection.resync_until or 0,
-            )
-            .order_by("pk")
-            .values_list("pk", "user_id", "last_changed_timestamp")[:RESYNC_PAGE_SIZE]
+        cursor_at, until = (
+            Connection.objects.select_for_update()
+            .filter(pk=connection.pk)
+            .values_list("resync_cursor", "resync_until")
+            .get()
         )
-        if not members:
+        if cursor_at is None:
+            return False  # finished, or cancelled by the audience's deletion
+        members = Membership.objects.filter(
+            audience_id=connection.audience_id, is_member=True, pk__gt=cursor_at, pk__lte=until or 0
+        ).order_by("pk")
+        page_end = members.values_list("pk", flat=True)[RESYNC_PAGE_SIZE - 1 : RESYNC_PAGE_SIZE].first()
+        page_end = (until or 0) if page_end is None else page_end
+        now = timezone.now()
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                INSERT INTO {Delivery._meta.db_table}
+                    (connection_id, shard, kind, user_id, is_member, uses_previous_identities, "timestamp", status,
+                     attempts, next_attempt_at, last_error, created_at)
+                SELECT %s, user_id %% %s, %s, user_id, %s, %s, last_changed_timestamp, %s, 0, %s, '', %s
+                FROM {Membership._meta.db_table}
+                WHERE audience_id = %s AND is_member = %s AND id > %s AND id <= %s
+                ORDER BY id
+                """,
+                [
+                    connection.pk, settings.DELIVERY_SHARDS, Delivery.Kind.RESYNC, True, False,
+                    Delivery.Status.PENDING, now, now, connection.audience_id, True, cursor_at, page_end,
+                ],
+            )  # fmt: skip
+            queued = cursor.rowcount
+        if not queued:
             Connection.objects.filter(pk=connection.pk).update(resync_cursor=None)
             return False
-        now = timezone.now()
-        Delivery.objects.bulk_create(
-            Delivery(
-                connection_id=connection.pk,
-                kind=Delivery.Kind.RESYNC,
-                user_id=user_id,
-                is_member=True,
-                timestamp=timestamp,
-                next_attempt_at=now,
-                created_at=now,
-            )
-            for _, user_id, timestamp in members
+        finished = page_end >= (until or 0)
+        Connection.objects.filter(pk=connection.pk).update(
+            resync_cursor=None if finished else page_end, resync_queued=F("resync_queued") + queued
         )
-        Connection.objects.filter(pk=connection.pk, resync_cursor__isnull=False).update(
-            resync_cursor=members[-1][0], resync_queued=F("resync_queued") + len(members)
-        )
+    connection_kick(connection.pk)  # the page spans every shard
     return True
+
+
+# --- rate limit ---------------------------------------------------------------------------------------------------
+
+
+def _connection_for_drain(connection_id: int) -> Connection:
+    return Connection.objects.select_related("configuration", "audience").get(pk=connection_id)
+
+
+def _reserve_send_slot(connection: Connection, batch: Batch) -> tuple[Connection, float]:
+    """Move the connection's `send_slot_at` on by the time this batch's records and bytes take at the allowed rate
+    (GCRA, shared by every shard of the connection), and return the connection as it is now with the seconds to
+    wait before sending. The update is atomic; a slot moved on by another shard in between only makes the wait
+    longer, never shorter."""
+    rate = max(connection.send_rate, SEND_RATE_FLOOR)
+    cost = timedelta(
+        seconds=max(
+            len(batch.records) / (connection.records_per_second_limit * rate),
+            batch.size / (connection.bytes_per_second_limit * rate),
+            1 / (connection.quota.requests_per_second * rate),
+        )
+    )
+    earliest = timezone.now() - timedelta(seconds=SEND_BURST_SECONDS)
+    Connection.objects.filter(pk=connection.pk).update(
+        send_slot_at=ExpressionWrapper(
+            Greatest(Coalesce("send_slot_at", Value(earliest)), Value(earliest)) + Value(cost),
+            output_field=DateTimeField(),
+        )
+    )
+    connection = _connection_for_drain(connection.pk)
+    wait = (connection.send_slot_at - cost - timezone.now()).total_seconds()
+    return connection, wait
 
 
 # --- send and record --------------------------------------------------------------------------------------------
 
 
-def _send_batch(connection: Connection, batch: Batch, report: DrainReport) -> None:
+def _send_batch(connection: Connection, batch: Batch, report: DrainReport) -> bool:
+    """Send one batch and record the outcome. Returns True when Firehose accepted every record."""
     credentials = connection_credentials(connection)
     if connection.batch_permitted:
         started, clock = timezone.now(), time.monotonic()
@@ -313,13 +441,12 @@ def _send_batch(connection: Connection, batch: Batch, report: DrainReport) -> No
         except firehose.FirehoseError as error:
             attempt = _attempt(connection, "PutRecordBatch", batch, started, clock, error=error)
             if error.is_access_denied:
-                _send_one_by_one(connection, batch, report, credentials, batch_denied=error)
-                return
+                return _send_one_by_one(connection, batch, report, credentials, batch_denied=error)
             _request_failed(connection, batch.deliveries, attempt, error, report)
-            return
+            return False
         _with_database_retry(_record_accepted, connection, "PutRecordBatch", batch, started, clock, failures, report)
-    else:
-        _send_one_by_one(connection, batch, report, credentials)
+        return not failures
+    return _send_one_by_one(connection, batch, report, credentials)
 
 
 def _send_one_by_one(
@@ -328,7 +455,7 @@ def _send_one_by_one(
     report: DrainReport,
     credentials: firehose.Credentials,
     batch_denied: firehose.FirehoseError | None = None,
-) -> None:
+) -> bool:
     """PutRecord per record, for credentials allowed PutRecord but not PutRecordBatch (the seed's IAM policy)."""
     for position, (delivery, record) in enumerate(zip(batch.deliveries, batch.records, strict=True)):
         single = Batch([delivery], [record], len(record))
@@ -338,7 +465,7 @@ def _send_one_by_one(
         except firehose.FirehoseError as error:
             attempt = _attempt(connection, "PutRecord", single, started, clock, error=error)
             _request_failed(connection, batch.deliveries[position:], attempt, error, report)
-            return
+            return False
         _with_database_retry(_record_accepted, connection, "PutRecord", single, started, clock, [], report)
         if batch_denied is not None:
             Connection.objects.filter(pk=connection.pk).update(batch_permitted=False)
@@ -350,6 +477,7 @@ def _send_one_by_one(
                 f"({batch_denied.code})",
             )
             batch_denied = None
+    return True
 
 
 def _record_accepted(
@@ -434,10 +562,14 @@ def _settle(
         updates: dict = {"delivered_count": F("delivered_count") + len(delivered_ids)}
         if delivered_ids:
             updates.update(last_delivered_at=now, consecutive_failures=0, next_attempt_at=None)
+        throttled = any(failure.code == firehose.THROTTLED for failure in failures)
+        if throttled:
+            updates.update(send_rate=_send_rate_decreased())
+        elif not failures and connection.send_rate < 1:
+            updates.update(send_rate=Least(F("send_rate") + SEND_RATE_INCREASE, 1.0))
         if failures:
             first = failures[0]
             error = f"{first.code}: {first.message}"
-            throttled = any(failure.code == "ServiceUnavailableException" for failure in failures)
             failures_now = 0 if delivered_ids else connection.consecutive_failures + 1
             # Entries that failed alongside delivered ones are resent at once, unless Firehose asked to slow down;
             # a batch with nothing delivered backs off like a failed request.
@@ -481,7 +613,11 @@ def _request_failed(
             attempts=F("attempts") + 1, last_attempt=attempt, last_error=str(error), next_attempt_at=retry_at
         )
         Connection.objects.filter(pk=connection.pk).update(
-            consecutive_failures=failures, next_attempt_at=retry_at, last_error=str(error), last_error_at=now
+            consecutive_failures=failures,
+            next_attempt_at=retry_at,
+            last_error=str(error),
+            last_error_at=now,
+            send_rate=_send_rate_decreased() if error.is_throttled else F("send_rate"),
         )
     if error.alert and error.retryable:
         alert_raise(connection=connection, type=error.alert, message=error.plain_words)
@@ -489,6 +625,10 @@ def _request_failed(
         _fault(connection, error.alert or firehose.ALERT_INTERNAL_SERVER_ERROR, error.plain_words)
     elif failures > settings.FIREHOSE_RETRY_LIMIT:
         _fault(connection, firehose.ALERT_RETRY_LIMIT_EXCEEDED, _retry_limit_message(error.code))
+
+
+def _send_rate_decreased() -> Greatest:
+    return Greatest(F("send_rate") * SEND_RATE_DECREASE, SEND_RATE_FLOOR)
 
 
 def _retry_limit_message(code: str) -> str:
@@ -509,13 +649,22 @@ def _fault(connection: Connection, alert: str, message: str) -> None:
 # --- sweep ------------------------------------------------------------------------------------------------------
 
 
-def connections_sweep() -> list[int]:
-    """Kick every active connection with due work and no live drain. Recovers lost kicks and scheduled retries."""
+def connections_sweep() -> list[tuple[int, int]]:
+    """Kick every shard of an active connection with due work and no live drain. Recovers lost kicks and scheduled
+    retries. Returns the (connection, shard) pairs kicked."""
     now = timezone.now()
-    idle = Connection.objects.filter(
-        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now), status=Connection.Status.ACTIVE
-    ).values_list("pk", flat=True)
-    kicked = [connection_id for connection_id in idle if connection_has_due_work(connection_id)]
-    for connection_id in kicked:
-        connection_kick(connection_id)
+    busy = set(
+        DrainLease.objects.filter(expires_at__gte=now, connection__status=Connection.Status.ACTIVE).values_list(
+            "connection_id", "shard"
+        )
+    )
+    active = Connection.objects.filter(status=Connection.Status.ACTIVE).values_list("pk", flat=True)
+    kicked = [
+        (connection_id, shard)
+        for connection_id in active
+        for shard in range(settings.DELIVERY_SHARDS)
+        if (connection_id, shard) not in busy and connection_has_due_work(connection_id, shard)
+    ]
+    for connection_id, shard in kicked:
+        connection_kick(connection_id, shard)
     return kicked

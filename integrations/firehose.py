@@ -22,6 +22,8 @@ MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_RECORD_BYTES = 1000 * 1024
 
+THROTTLED = "ServiceUnavailableException"  # the stream's rate limit: slow down, then retry
+
 ALERT_RETRY_LIMIT_EXCEEDED = "Retry Limit Exceeded"
 ALERT_INTERNAL_SERVER_ERROR = "500 - Internal Server Error"
 ALERT_ACCESS_DENIED = "Access Denied"
@@ -89,6 +91,10 @@ class FirehoseError(Exception):
         return self.alert == ALERT_ACCESS_DENIED
 
     @property
+    def is_throttled(self) -> bool:
+        return self.code == THROTTLED
+
+    @property
     def plain_words(self) -> str:
         words = PLAIN_WORDS.get(self.code)
         return f"{words} ({self.code}: {self.message})" if words else f"{self.code}: {self.message}"
@@ -154,7 +160,7 @@ def classify(exc: Exception, credentials: Credentials) -> FirehoseError:
             return FirehoseError(code, message, retryable=False, alert=PERMANENT_CODES[code], status=status)
         if code == "InvalidArgumentException" and "size" in message.lower():
             return FirehoseError(code, message, retryable=False, alert=ALERT_RECORD_TOO_LARGE, status=status)
-        if code == "ServiceUnavailableException" or (status or 0) >= 500:
+        if code == THROTTLED or (status or 0) >= 500:
             return FirehoseError(code, message, retryable=True, alert=ALERT_INTERNAL_SERVER_ERROR, status=status)
         if status in (401, 403):
             return FirehoseError(code, message, retryable=False, alert=ALERT_ACCESS_DENIED, status=status)

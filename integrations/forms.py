@@ -94,6 +94,8 @@ class ConnectionAdminForm(forms.ModelForm):
             "forward_google_advertising_ids",
             "identities_to_exclude",
             "append_newline",
+            "max_records_per_second",
+            "max_bytes_per_second",
         ]
         help_texts = {
             "send_anonymous_users": "Also send members left with no identity to forward after the settings below.",

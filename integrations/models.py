@@ -9,7 +9,7 @@ from audiences.identities import IDENTITY_KEY_SET
 from audiences.models import Audience, MembershipChange, User
 
 from . import crypto
-from .regions import FIREHOSE_REGIONS
+from .regions import FIREHOSE_REGIONS, Quota, region_quota
 
 STREAM_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,64}$"
 ACCESS_KEY_ID_PATTERN = r"^[A-Z0-9]{16,128}$"
@@ -122,8 +122,26 @@ class Connection(models.Model):
     batch_permitted = models.BooleanField(
         default=True, editable=False, help_text="False once PutRecordBatch was denied: records go one by one."
     )
-    lease_token = models.CharField(max_length=32, blank=True, default="", editable=False)
-    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    max_records_per_second = models.PositiveIntegerField(
+        "Max Records Per Second",
+        null=True,
+        blank=True,
+        help_text="Client-side limit; blank means the region's Direct PUT quota (500,000 in us-east-1).",
+    )
+    max_bytes_per_second = models.PositiveIntegerField(
+        "Max Bytes Per Second",
+        null=True,
+        blank=True,
+        help_text="Client-side limit; blank means the region's Direct PUT quota (5 MiB/s in us-east-1).",
+    )
+    send_rate = models.FloatField(
+        default=1.0,
+        editable=False,
+        help_text="The share of the limits in use now: halved when Firehose throttles, then raised step by step.",
+    )
+    send_slot_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the next batch may go out under the rate limit."
+    )
     resync_cursor = models.BigIntegerField(
         null=True, blank=True, editable=False, help_text="Membership id up to which the running resync has queued."
     )
@@ -166,6 +184,34 @@ class Connection(models.Model):
     def resync_running(self) -> bool:
         return self.resync_cursor is not None
 
+    @property
+    def quota(self) -> Quota:
+        return region_quota(self.region)
+
+    @property
+    def records_per_second_limit(self) -> int:
+        return self.max_records_per_second or self.quota.records_per_second
+
+    @property
+    def bytes_per_second_limit(self) -> int:
+        return self.max_bytes_per_second or self.quota.bytes_per_second
+
+
+class DrainLease(models.Model):
+    """Who drains one shard of a connection's backlog. A shard holds the deliveries of the users with
+    user_id % DELIVERY_SHARDS == shard, so that shards run in parallel without reordering any user's records."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="leases")
+    shard = models.PositiveSmallIntegerField()
+    token = models.CharField(max_length=32, blank=True, default="")
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "shard"], name="lease_unique_connection_shard")]
+
+    def __str__(self) -> str:
+        return f"shard {self.shard} of connection #{self.connection_id}"
+
 
 class Delivery(models.Model):
     """One record to send on one connection. Pending rows form the connection's backlog, sent in id order."""
@@ -181,9 +227,14 @@ class Delivery(models.Model):
         SKIPPED = 3, "skipped"
         FAILED = 4, "failed"
 
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="deliveries")
+    # Every index here is written again each time a row is settled: the connection and the change need none of
+    # their own (the backlog and status indexes start with the connection; changes are never deleted one by one).
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
+    shard = models.PositiveSmallIntegerField(default=0, help_text="user_id % DELIVERY_SHARDS; 0 without a user.")
     kind = models.PositiveSmallIntegerField(choices=Kind.choices)
-    change = models.ForeignKey(MembershipChange, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    change = models.ForeignKey(
+        MembershipChange, on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False
+    )
     user = models.ForeignKey(User, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
     is_member = models.BooleanField(null=True)
     uses_previous_identities = models.BooleanField(
@@ -194,8 +245,16 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True, default="")
+    # A pointer into the attempt log, without a database constraint: checking it on every settled row costs more
+    # than it protects. Retention keeps the attempts of unsettled deliveries (delivery_unsettled_attempt_idx).
     last_attempt = models.ForeignKey(
-        "DeliveryAttempt", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "DeliveryAttempt",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
@@ -203,8 +262,11 @@ class Delivery(models.Model):
     class Meta:
         verbose_name_plural = "deliveries"
         indexes = [
-            models.Index(fields=["connection", "id"], condition=Q(status=1), name="delivery_backlog_idx"),
+            models.Index(fields=["connection", "shard", "id"], condition=Q(status=1), name="delivery_backlog_idx"),
             models.Index(fields=["connection", "status", "created_at"], name="delivery_status_idx"),
+            models.Index(
+                fields=["last_attempt"], condition=Q(status__in=[1, 4]), name="delivery_unsettled_attempt_idx"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,5 +1,7 @@
 """Firehose region codes, as botocore knows them."""
 
+from typing import NamedTuple
+
 import boto3
 
 FIREHOSE_REGIONS: tuple[str, ...] = tuple(
@@ -10,3 +12,20 @@ FIREHOSE_REGIONS: tuple[str, ...] = tuple(
     )
 )
 REGION_CHOICES = [(region, region) for region in FIREHOSE_REGIONS]
+
+
+class Quota(NamedTuple):
+    """A stream's Direct PUT quota (PutRecord and PutRecordBatch together)."""
+
+    records_per_second: int
+    bytes_per_second: int
+    requests_per_second: int
+
+
+LARGE_REGIONS = frozenset({"us-east-1", "us-west-2", "eu-west-1"})
+LARGE_REGION_QUOTA = Quota(500_000, 5 * 1024 * 1024, 2_000)
+OTHER_REGION_QUOTA = Quota(100_000, 1024 * 1024, 1_000)
+
+
+def region_quota(region: str) -> Quota:
+    return LARGE_REGION_QUOTA if region in LARGE_REGIONS else OTHER_REGION_QUOTA

@@ -24,6 +24,7 @@ PURGE_BATCH_SIZE = 5000
 PURGE_TIME_BUDGET_SECONDS = 60.0
 
 SETTLED = (Delivery.Status.DELIVERED, Delivery.Status.SKIPPED)
+UNSETTLED = (Delivery.Status.PENDING, Delivery.Status.FAILED)
 
 
 @dataclass
@@ -59,8 +60,10 @@ def deliveries_purge(
                 return report
     # Attempts after deliveries, so that the attempts of the deliveries just purged are free to go too.
     for connection_id in connection_ids:
+        # Only unsettled deliveries can still point to an attempt this old (delivery_unsettled_attempt_idx).
+        needed = Delivery.objects.filter(last_attempt=OuterRef("pk"), status__in=UNSETTLED)
         attempts = DeliveryAttempt.objects.filter(connection_id=connection_id, started_at__lt=cutoff).exclude(
-            Exists(Delivery.objects.filter(last_attempt=OuterRef("pk")))
+            Exists(needed)
         )
         report.attempts += _purge(attempts, "started_at", batch_size, deadline, report)
         if not report.finished:
@@ -81,8 +84,7 @@ def _purge(rows: QuerySet, order: str, batch_size: int, deadline: float, report:
         selected = list(batch.order_by(order).values_list("pk", order)[:batch_size])
         if not selected:
             return purged
-        # The model's delete(), not a raw DELETE: for attempts it also clears (SET_NULL), in the same transaction,
-        # any `Delivery.last_attempt` that came to point to them since they were selected, instead of failing.
+        # A delivery only ever comes to point to a new attempt, never to one this old: nothing to clear.
         _, deleted = model.objects.filter(pk__in=[pk for pk, _ in selected]).delete()
         purged += deleted.get(model._meta.label, 0)
         report.batches += 1

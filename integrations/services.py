@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -28,21 +29,24 @@ BROKER_RETRY_AFTER_SECONDS = 5.0
 _broker_down_until = 0.0
 
 
-def connection_kick(connection_id: int) -> None:
-    """Ask a worker to drain a connection. Best effort: when the broker is down, the beat sweep kicks it later.
+def connection_kick(connection_id: int, shard: int | None = None) -> None:
+    """Ask workers to drain a connection: one shard, or every shard. Best effort: when the broker is down, the beat
+    sweep kicks them later.
 
     After a failed publish, kicks are skipped for a few seconds, so that requests do not each wait for the broker.
     """
     global _broker_down_until
     from .tasks import drain_connection
 
-    if time.monotonic() < _broker_down_until:
-        return
-    try:
-        drain_connection.apply_async((connection_id,), expires=300)
-    except Exception:  # noqa: BLE001 - a lost kick is recovered by the sweep, it must not fail the caller
-        _broker_down_until = time.monotonic() + BROKER_RETRY_AFTER_SECONDS
-        logger.warning("Could not queue a drain of connection %s; the sweep will pick it up.", connection_id)
+    shards = range(settings.DELIVERY_SHARDS) if shard is None else (shard,)
+    for each in shards:
+        if time.monotonic() < _broker_down_until:
+            return
+        try:
+            drain_connection.apply_async((connection_id, each), expires=300)
+        except Exception:  # noqa: BLE001 - a lost kick is recovered by the sweep, it must not fail the caller
+            _broker_down_until = time.monotonic() + BROKER_RETRY_AFTER_SECONDS
+            logger.warning("Could not queue a drain of connection %s; the sweep will pick it up.", connection_id)
 
 
 def connections_kick_on_commit(connection_ids: Iterable[int]) -> None:
@@ -67,11 +71,13 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> set[in
     if not connections:
         return set()
     now = timezone.now()
+    shards = settings.DELIVERY_SHARDS
     deliveries = []
     for change in changes:
         for connection_id, send_remove in connections.get(change.audience_id, ()):
             common = dict(
                 connection_id=connection_id,
+                shard=change.user_id % shards,
                 kind=Delivery.Kind.CHANGE,
                 change_id=change.pk,
                 user_id=change.user_id,
@@ -89,7 +95,8 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> set[in
 
 
 def deliveries_create_for_audience_deletion(*, audience: Audience, timestamp: int) -> None:
-    """One `AudienceDeleted` record per connection, queued after everything already pending."""
+    """One `AudienceDeleted` record per connection, queued after everything already pending (in shard 0, where it
+    waits until the other shards have sent what was queued before it)."""
     now = timezone.now()
     connection_ids = list(audience.connections.values_list("id", flat=True))
     Delivery.objects.bulk_create(
@@ -146,9 +153,9 @@ def configuration_update(*, configuration: Configuration, secret_access_key: str
 
 
 @transaction.atomic
-def connection_create(*, audience: Audience, configuration: Configuration, **settings: Any) -> Connection:
+def connection_create(*, audience: Audience, configuration: Configuration, **fields: Any) -> Connection:
     """Create a connection; an active one starts its initial sync (one IsMember true record per member)."""
-    connection = Connection(audience=audience, configuration=configuration, **settings)
+    connection = Connection(audience=audience, configuration=configuration, **fields)
     connection.full_clean()
     connection.save()
     if connection.status == Connection.Status.ACTIVE:
@@ -157,8 +164,8 @@ def connection_create(*, audience: Audience, configuration: Configuration, **set
 
 
 @transaction.atomic
-def connection_update(*, connection: Connection, **settings: Any) -> Connection:
-    for field, value in settings.items():
+def connection_update(*, connection: Connection, **fields: Any) -> Connection:
+    for field, value in fields.items():
         setattr(connection, field, value)
     connection.full_clean()
     connection.save()

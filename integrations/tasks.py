@@ -15,15 +15,15 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def drain_connection(connection_id: int) -> dict:
-    report = connection_drain(connection_id)
+def drain_connection(connection_id: int, shard: int = 0) -> dict:
+    report = connection_drain(connection_id, shard)
     if report.batches:
         logger.info(
-            "Connection %s: %s records delivered, %s skipped, %s failed in %s batches.",
-            connection_id, report.delivered, report.skipped, report.failed, report.batches,
+            "Connection %s, shard %s: %s records delivered, %s skipped, %s failed in %s batches.",
+            connection_id, shard, report.delivered, report.skipped, report.failed, report.batches,
         )  # fmt: skip
     if report.more_work:
-        connection_kick(connection_id)
+        connection_kick(connection_id, shard)
     return {"batches": report.batches, "delivered": report.delivered, "leased": report.leased}
 
 

@@ -164,11 +164,18 @@ FIREHOSE_BACKOFF_BASE_SECONDS = env.float("FIREHOSE_BACKOFF_BASE_SECONDS", defau
 FIREHOSE_BACKOFF_CAP_SECONDS = env.float("FIREHOSE_BACKOFF_CAP_SECONDS", default=300.0)
 FIREHOSE_CONNECT_TIMEOUT_SECONDS = env.float("FIREHOSE_CONNECT_TIMEOUT_SECONDS", default=5.0)
 FIREHOSE_READ_TIMEOUT_SECONDS = env.float("FIREHOSE_READ_TIMEOUT_SECONDS", default=15.0)
-# A drain task holds its connection's lease this long; it renews it between batches. A crashed worker's lease
-# expires, and the sweep hands the connection to another worker. Must exceed the client timeouts above.
+# A connection's backlog is split into this many shards by user (user_id % DELIVERY_SHARDS), each drained by at most
+# one worker process at a time: up to this many processes, on any machines, deliver one connection in parallel while
+# each user's records keep their order. Set it to about the number of worker processes; change it only while the
+# backlogs are empty (a pending delivery keeps the shard it was queued in).
+DELIVERY_SHARDS = env.int("DELIVERY_SHARDS", default=4)
+if not 1 <= DELIVERY_SHARDS <= 256:
+    raise ImproperlyConfigured("DELIVERY_SHARDS must be between 1 and 256.")
+# A drain task holds its shard's lease this long; it renews it between batches. A crashed worker's lease
+# expires, and the sweep hands the shard to another worker. Must exceed the client timeouts above.
 DRAIN_LEASE_SECONDS = env.int("DRAIN_LEASE_SECONDS", default=60)
-# A drain task stops after this long and re-queues itself, so that one busy connection cannot hog a worker.
-DRAIN_TIME_BUDGET_SECONDS = env.float("DRAIN_TIME_BUDGET_SECONDS", default=20.0)
+# A drain task stops after this long and re-queues itself, so that one busy shard cannot hog a worker.
+DRAIN_TIME_BUDGET_SECONDS = env.float("DRAIN_TIME_BUDGET_SECONDS", default=10.0)
 SWEEP_INTERVAL_SECONDS = env.float("SWEEP_INTERVAL_SECONDS", default=2.0)
 # Delivered and skipped deliveries, and delivery attempts, are purged this many days after they settled (hourly,
 # in small batches: integrations.retention). Pending and failed deliveries stay until resolved. 0 keeps everything.

@@ -4,6 +4,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 from moto import mock_aws
 from rest_framework.test import APIClient
@@ -76,15 +77,20 @@ def leave(user_id: str, timestamp: int | None = None, **identities: str) -> Chan
 
 
 def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
-    """Drain a connection as the worker would, waiting out scheduled retries, until nothing is due or it stops."""
+    """Drain every shard of a connection as the workers would, waiting out scheduled retries, until nothing is due
+    or it stops."""
     total = DrainReport()
     deadline = time.monotonic() + max_wait
     while time.monotonic() < deadline:
-        report = connection_drain(connection.pk, time_budget=max_wait)
+        report = DrainReport()
+        for shard in reversed(range(settings.DELIVERY_SHARDS)):  # shard 0 last: an audience deletion waits there
+            shard_report = connection_drain(connection.pk, shard, time_budget=max_wait)
+            report.batches += shard_report.batches
+            report.more_work |= shard_report.more_work
+            total.delivered += shard_report.delivered
+            total.skipped += shard_report.skipped
+            total.failed += shard_report.failed
         total.batches += report.batches
-        total.delivered += report.delivered
-        total.skipped += report.skipped
-        total.failed += report.failed
         connection.refresh_from_db()
         if connection.status != Connection.Status.ACTIVE:
             break

@@ -325,7 +325,7 @@ def test_the_sweep_kicks_only_connections_with_due_work(connection, make_connect
     Connection.objects.filter(pk=idle.pk).update(resync_cursor=None)
     apply(audience, join("u1"))
     Delivery.objects.filter(connection=idle).update(status=Delivery.Status.DELIVERED)
-    assert connections_sweep() == [connection.pk]
+    assert connections_sweep() == [(connection.pk, 0)]
     connection_pause(connection=connection)
     assert connections_sweep() == []
 

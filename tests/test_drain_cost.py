@@ -2,6 +2,7 @@
 starts at the head of the connection's backlog."""
 
 import pytest
+from django.conf import settings
 from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 
@@ -22,23 +23,31 @@ def queue(audience, count: int, offset: int) -> None:
 
 
 def queries_to_drain(connection, audience, backlog: int, offset: int) -> tuple[int, int]:
+    """Queries and batches to drain `backlog` new members, shard by shard."""
     connection_pause(connection=connection)
     queue(audience, backlog, offset)
     connection_resume(connection=connection)
-    with CaptureQueriesContext(db_connection) as queries:
-        report = connection_drain(connection.pk, time_budget=60)
-    assert report.delivered == backlog
-    return len(queries), report.batches
+    queries = batches = delivered = 0
+    for shard in range(settings.DELIVERY_SHARDS):
+        with CaptureQueriesContext(db_connection) as captured:
+            report = connection_drain(connection.pk, shard, time_budget=60)
+        queries += len(captured)
+        batches += report.batches
+        delivered += report.delivered
+    assert delivered == backlog
+    return queries, batches
 
 
 def test_queries_per_batch_stay_constant_as_the_backlog_grows(connection, audience, stream):
     drain(connection)  # the (empty) initial sync
-    small, small_batches = queries_to_drain(connection, audience, 1000, 0)
-    medium, medium_batches = queries_to_drain(connection, audience, 3000, 10_000)
-    large, large_batches = queries_to_drain(connection, audience, 5000, 20_000)
-    assert (small_batches, medium_batches, large_batches) == (2, 6, 10)
+    shards = settings.DELIVERY_SHARDS
+    sizes = [shards * 250, shards * 750, shards * 1250]  # 1, 2 and 3 full-ish batches per shard
+    small, small_batches = queries_to_drain(connection, audience, sizes[0], 0)
+    medium, medium_batches = queries_to_drain(connection, audience, sizes[1], 100_000)
+    large, large_batches = queries_to_drain(connection, audience, sizes[2], 200_000)
+    assert (small_batches, medium_batches, large_batches) == (shards, 2 * shards, 3 * shards)
     assert large - medium == medium - small, (small, medium, large)
-    assert (medium - small) / 4 <= 8, "queries per batch"
+    assert (medium - small) / shards <= 8, "queries per batch"
 
 
 def test_the_backlog_query_starts_from_the_partial_index(make_connection, connection, audience, stream):
@@ -51,7 +60,7 @@ def test_the_backlog_query_starts_from_the_partial_index(make_connection, connec
     with db_connection.cursor() as cursor:
         cursor.execute("ANALYZE integrations_delivery")
     plan = (
-        Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING)
+        Delivery.objects.filter(connection=connection, shard=1, status=Delivery.Status.PENDING, pk__gt=1000)
         .order_by("id")
         .values_list("pk")[:500]
         .explain()

@@ -1,0 +1,155 @@
+"""The client-side rate limit: batches stay within a second's worth of the connection's limits, their sending is
+paced by those limits, and the share in use halves when Firehose throttles, then climbs back (AIMD)."""
+
+import time
+
+import pytest
+
+from integrations.delivery import SEND_RATE_DECREASE, SEND_RATE_FLOOR, SEND_RATE_INCREASE
+from integrations.models import Connection, DeliveryAttempt
+from integrations.regions import LARGE_REGION_QUOTA, OTHER_REGION_QUOTA
+from integrations.services import connection_pause, connection_resume
+
+from .conftest import drain
+from .emulator import ServiceUnavailable, firehose_behaviour, throttle_first
+from .test_delivery import members
+
+
+def test_the_limits_default_to_the_regions_quota(make_connection):
+    east = make_connection()
+    other = make_connection(stream_name="other", region="ap-southeast-2")
+    assert (east.records_per_second_limit, east.bytes_per_second_limit) == (500_000, 5 * 1024 * 1024)
+    assert east.quota == LARGE_REGION_QUOTA
+    assert (other.records_per_second_limit, other.bytes_per_second_limit) == (100_000, 1024 * 1024)
+    assert other.quota == OTHER_REGION_QUOTA
+    limited = make_connection(stream_name="limited", max_records_per_second=300, max_bytes_per_second=65_536)
+    assert (limited.records_per_second_limit, limited.bytes_per_second_limit) == (300, 65_536)
+
+
+def test_batches_hold_at_most_a_second_of_the_record_limit(make_connection, audience, stream):
+    connection = make_connection(max_records_per_second=120)
+    drain(connection)
+    connection_pause(connection=connection)
+    members(audience, 300)
+    connection_resume(connection=connection)
+    drain(connection)
+    assert [len(call) for call in stream.records_by_call()] == [120, 120, 60]
+
+
+def test_sending_is_paced_by_the_record_limit(make_connection, audience, stream):
+    connection = make_connection(max_records_per_second=1000)
+    drain(connection)
+    connection_pause(connection=connection)
+    members(audience, 2500)
+    connection_resume(connection=connection)
+    started = time.monotonic()
+    drain(connection)
+    elapsed = time.monotonic() - started
+    # 2,500 records at 1,000/s with one second of burst allowance: the last batch cannot start before 1 s.
+    assert len(stream.records()) == 2500
+    assert elapsed >= 0.95, elapsed
+
+
+def test_sending_is_paced_by_the_byte_limit(make_connection, audience, stream):
+    connection = make_connection(max_bytes_per_second=20_000)
+    drain(connection)
+    connection_pause(connection=connection)
+    members(audience, 300)
+    connection_resume(connection=connection)
+    started = time.monotonic()
+    drain(connection)
+    elapsed = time.monotonic() - started
+    attempts = list(
+        DeliveryAttempt.objects.filter(connection=connection).order_by("id").values_list("bytes", "records")
+    )
+    assert sum(records for _, records in attempts) == 300
+    assert all(size <= 20_000 for size, _ in attempts), "no batch above a second's worth of bytes"
+    # The last batch may only start once the bytes before it fit in the limit, less one second of burst.
+    before_last = sum(size for size, _ in attempts[:-1])
+    assert before_last > 30_000 and elapsed >= (before_last / 20_000 - 1) * 0.95, (attempts, elapsed)
+
+
+def test_throttling_halves_the_send_rate_and_accepted_batches_raise_it_again(
+    make_connection, audience, stream, monkeypatch, settings
+):
+    settings.FIREHOSE_RETRY_LIMIT = 10
+    connection = make_connection()
+    drain(connection)
+    connection_pause(connection=connection)
+    members(audience, 10)
+    connection_resume(connection=connection)
+    calls: list[int] = []
+    with firehose_behaviour(monkeypatch, batch=throttle_first(2, calls)):
+        from integrations.delivery import connection_drain
+
+        connection_drain(connection.pk, 0, time_budget=5)
+        connection.refresh_from_db()
+        assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE)
+        Connection.objects.filter(pk=connection.pk).update(next_attempt_at=None)
+        connection_drain(connection.pk, 0, time_budget=5)
+        connection.refresh_from_db()
+        assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE**2)
+        Connection.objects.filter(pk=connection.pk).update(next_attempt_at=None)
+        drain(connection)
+    connection.refresh_from_db()
+    assert len(stream.records()) == 10
+    assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE**2 + SEND_RATE_INCREASE)
+
+    # Each batch accepted in full adds a step, up to the whole limit.
+    connection_pause(connection=connection)
+    members(audience, 10, prefix="more")
+    connection_resume(connection=connection)
+    Connection.objects.filter(pk=connection.pk).update(send_rate=0.99)
+    drain(connection)
+    connection.refresh_from_db()
+    assert connection.send_rate == 1.0
+
+
+def test_throttled_entries_of_a_partial_failure_lower_the_rate_too(make_connection, audience, stream, monkeypatch):
+    connection = make_connection()
+    drain(connection)
+    connection_pause(connection=connection)
+    members(audience, 4)
+    connection_resume(connection=connection)
+    calls: list[int] = []
+
+    def throttle_one_entry(original, name, records):
+        calls.append(len(records))
+        if len(calls) > 1:
+            return original(name, records)
+        stored = original(name, records[1:])["RequestResponses"]
+        return {
+            "FailedPutCount": 1,
+            "Encrypted": False,
+            "RequestResponses": [
+                {"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "Slow down."},
+                *stored,
+            ],
+        }
+
+    with firehose_behaviour(monkeypatch, batch=throttle_one_entry):
+        drain(connection)
+    connection.refresh_from_db()
+    assert calls == [4, 1]
+    assert len(stream.records()) == 4
+    assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE + SEND_RATE_INCREASE)
+
+
+def test_the_send_rate_never_falls_below_the_floor(make_connection, audience, stream, monkeypatch, settings):
+    settings.FIREHOSE_RETRY_LIMIT = 50
+    connection = make_connection()
+    drain(connection)
+    Connection.objects.filter(pk=connection.pk).update(send_rate=SEND_RATE_FLOOR * 1.5)
+    members(audience, 1)
+
+    def always_throttle(original, name, records):
+        raise ServiceUnavailable()
+
+    from integrations.delivery import connection_drain
+
+    with firehose_behaviour(monkeypatch, batch=always_throttle):
+        for _ in range(3):
+            Connection.objects.filter(pk=connection.pk).update(next_attempt_at=None)
+            connection_drain(connection.pk, 0, time_budget=5)
+    connection.refresh_from_db()
+    assert connection.send_rate == pytest.approx(SEND_RATE_FLOOR)

@@ -1,0 +1,109 @@
+"""Sharded drains: a connection's backlog is split by user, each shard drained on its own, in parallel on several
+workers, without reordering any user's records; the audience's deletion record still comes last."""
+
+import pytest
+
+from audiences.services import audience_delete
+from integrations.delivery import _lease_acquire, connection_drain
+from integrations.models import Delivery
+from integrations.services import connection_pause, connection_resume, connection_resync
+
+from .conftest import apply, drain, join, leave
+
+SHARDS = 4
+
+
+@pytest.fixture(autouse=True)
+def four_shards(settings):
+    settings.DELIVERY_SHARDS = SHARDS
+
+
+def user_pk(external_id: str) -> int:
+    from audiences.models import User
+
+    return User.objects.get(external_id=external_id).pk
+
+
+def test_each_user_stays_in_one_shard_and_each_shard_sends_only_its_users(connection, audience, stream):
+    drain(connection)
+    connection_pause(connection=connection)
+    for round_ in range(3):
+        apply(audience, *[join(f"u{n}", 100 + 2 * round_, CustomerId=f"c{n}-{round_}") for n in range(12)])
+        apply(audience, *[leave(f"u{n}", 101 + 2 * round_) for n in range(12)])
+    connection_resume(connection=connection)
+    shards_of_users = {
+        user_id: set(Delivery.objects.filter(connection=connection, user_id=user_id).values_list("shard", flat=True))
+        for user_id in Delivery.objects.filter(connection=connection).values_list("user_id", flat=True)
+    }
+    assert all(shards == {user_id % SHARDS} for user_id, shards in shards_of_users.items())
+    assert {shard for shards in shards_of_users.values() for shard in shards} == set(range(SHARDS))
+
+    sent_by_shard: dict[int, set[str]] = {}
+    for shard in (2, 0, 3, 1):
+        before = len(stream.records())
+        report = connection_drain(connection.pk, shard, time_budget=30)
+        assert report.delivered == 6 * sum(1 for n in range(12) if user_pk(f"u{n}") % SHARDS == shard)
+        sent_by_shard[shard] = {
+            record["UserIdentities"].get("CustomerId", "").split("-")[0] for record in stream.records()[before:]
+        }
+    for shard, customers in sent_by_shard.items():
+        assert customers == {f"c{n}" for n in range(12) if user_pk(f"u{n}") % SHARDS == shard}
+
+    # Per user: join, leave, join, leave, join, leave, in the order of that user's changes.
+    by_user: dict[str, list[tuple[str, bool]]] = {}
+    for record in stream.records():
+        identities = record["UserIdentities"]
+        by_user.setdefault(identities["CustomerId"].split("-")[0], []).append(
+            (record["MembershipChangedTimestamp"], record["IsMember"])
+        )
+    for sequence in by_user.values():
+        assert sequence == [(str(100 + i), i % 2 == 0) for i in range(6)]
+
+
+def test_a_shard_with_a_live_lease_is_skipped_while_other_shards_drain(connection, audience, stream):
+    drain(connection)
+    apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(8)])
+    assert _lease_acquire(connection.pk, 1) is not None  # another worker is draining shard 1
+    busy = connection_drain(connection.pk, 1, time_budget=30)
+    free = connection_drain(connection.pk, 2, time_budget=30)
+    assert not busy.leased and busy.delivered == 0
+    assert free.leased and free.delivered == 2
+    assert Delivery.objects.filter(connection=connection, shard=1, status=Delivery.Status.PENDING).count() == 2
+
+
+def test_the_audience_deletion_record_waits_for_the_other_shards(connection, audience, stream):
+    drain(connection)
+    apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(8)])
+    audience_delete(audience=audience)
+    deletion = Delivery.objects.get(connection=connection, kind=Delivery.Kind.AUDIENCE_DELETED)
+    assert deletion.shard == 0
+
+    first = connection_drain(connection.pk, 0, time_budget=30)
+    assert first.delivered == 2  # shard 0's members, not the deletion record
+    assert not first.more_work  # it waits for the sweep, without spinning
+    assert Delivery.objects.get(pk=deletion.pk).status == Delivery.Status.PENDING
+    for shard in (1, 2, 3):
+        connection_drain(connection.pk, shard, time_budget=30)
+    last = connection_drain(connection.pk, 0, time_budget=30)
+    assert last.delivered == 1
+    records = stream.records()
+    assert len(records) == 9 and records[-1]["AudienceDeleted"] is True
+
+
+def test_a_resync_queues_pages_across_shards_and_sends_each_member_once(connection, audience, stream):
+    apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(40)])
+    apply(audience, *[leave(f"u{n}", 101) for n in range(0, 40, 5)])  # 32 members left
+    drain(connection)
+    before = len(stream.records())
+    connection_resync(connection=connection)
+    drain(connection)
+    resync = stream.records()[before:]
+    assert sorted(record["UserIdentities"]["CustomerId"] for record in resync) == sorted(
+        f"c{n}" for n in range(40) if n % 5
+    )
+    assert all(record["IsMember"] is True for record in resync)
+    connection.refresh_from_db()
+    assert connection.resync_cursor is None and connection.resync_queued == 32
+    queued = Delivery.objects.filter(connection=connection, kind=Delivery.Kind.RESYNC)
+    assert {shard for shard in queued.values_list("shard", flat=True)} == set(range(SHARDS))
+    assert all(user_id % SHARDS == shard for user_id, shard in queued.values_list("user_id", "shard"))

@@ -35,6 +35,7 @@ from typing import Any
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
+from bench.profile import Profiler, cpu_used  # noqa: E402
 from tests.faults.cluster import PG_BIN, Cluster, Process, cluster_start  # noqa: E402
 from tests.localhost import BIN, wait_for  # noqa: E402
 
@@ -42,6 +43,7 @@ BENCH_SETTINGS = {
     "FIREHOSE_BACKOFF_BASE_SECONDS": "0.1",
     "FIREHOSE_BACKOFF_CAP_SECONDS": "2",
     "SWEEP_INTERVAL_SECONDS": "1",
+    "DELIVERY_SHARDS": "4",
     "LOG_LEVEL": "WARNING",
 }
 
@@ -70,8 +72,10 @@ def percentile(ordered: list[float], fraction: float) -> float:
 
 
 class Bench:
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, profiler: Profiler):
         self.cluster = cluster
+        self.profiler = profiler
+        self.cpu: dict[str, float] = {}  # CPU seconds per kind of process during the current measurement
         self.rows: list[dict] = []
         self.seeded = 0
         self.configuration_id = self._configuration()
@@ -135,6 +139,9 @@ class Bench:
             return [(at, base64.b64decode(data)) for at, data in json.loads(response.read())]
 
     def row(self, name: str, value: float, unit: str, **details: object) -> None:
+        if self.cpu:
+            details["cpu_s"] = dict(self.cpu)
+            self.cpu = {}
         self.rows.append({"row": name, "value": round(value, 2 if value < 10 else 1), "unit": unit, **details})
         print(f"  {name:<30} {value:>12,.1f} {unit:<10} {note(details)}", flush=True)
 
@@ -146,6 +153,10 @@ class Bench:
 
         Returns the seconds until all had arrived, and until half had: a drain that slows down as it goes shows
         as a second half slower than the first."""
+        with cpu_used(self.cluster) as self.cpu, self.profiler.during(f"deliver-{len(connection_ids)}x{total_each}"):
+            return self._time_drain(connection_ids, streams, total_each)
+
+    def _time_drain(self, connection_ids: list[int], streams: list[str], total_each: int) -> tuple[float, float]:
         started = time.monotonic()
         for connection_id in connection_ids:
             self.operate(connection_id, "resume")
@@ -167,7 +178,8 @@ class Bench:
     def measure_ingest(self, total: int) -> None:
         progress(f"ingest: {total:,} changes through the API in batches of 1,000")
         audience_id = self.audience("bench-ingest")
-        seconds = self.ingest(audience_id, total)
+        with cpu_used(self.cluster) as self.cpu, self.profiler.during("ingest"):
+            seconds = self.ingest(audience_id, total)
         self.row("ingest", total / seconds, "changes/s", changes=total, seconds=round(seconds, 2))
 
     def measure_deliver(self, total: int, connections: int) -> None:
@@ -219,10 +231,11 @@ class Bench:
         audience_id = self.audience("bench-end-to-end")
         stream = "end-to-end"
         self.connect(audience_id, stream)
-        started = time.monotonic()
-        self.ingest(audience_id, total)
-        self.wait_for_records([stream], total)
-        seconds = time.monotonic() - started
+        with cpu_used(self.cluster) as self.cpu, self.profiler.during("end-to-end"):
+            started = time.monotonic()
+            self.ingest(audience_id, total)
+            self.wait_for_records([stream], total)
+            seconds = time.monotonic() - started
         self.row("end to end", total / seconds, "changes/s", changes=total, seconds=round(seconds, 2))
 
     def measure_latency(self, seconds: float, rate: int, per_request: int = 100, users: int = 10_000) -> None:
@@ -316,10 +329,11 @@ class Bench:
         stream = "resync"
         for process in self.cluster.processes():
             process.reset_peak_rss()
-        started = time.monotonic()
-        self.connect(audience_id, stream)  # an active new connection starts with a full sync
-        self.wait_for_records([stream], members)
-        seconds = time.monotonic() - started
+        with cpu_used(self.cluster) as self.cpu, self.profiler.during("resync"):
+            started = time.monotonic()
+            self.connect(audience_id, stream)  # an active new connection starts with a full sync
+            self.wait_for_records([stream], members)
+            seconds = time.monotonic() - started
         peaks = {process.name: process.peak_rss_mb() for process in self.cluster.processes()}
         self.row("resync", seconds, "s", members=members, peak_rss_mb=peaks)
 
@@ -413,7 +427,9 @@ def short(number: int) -> str:
 def note(details: dict) -> str:
     parts = []
     for key, value in details.items():
-        if isinstance(value, dict):
+        if key == "cpu_s":
+            parts.append("CPU s: " + " ".join(f"{kind} {seconds:g}" for kind, seconds in value.items()))
+        elif isinstance(value, dict):
             name, peak = max(value.items(), key=lambda item: item[1])
             parts.append(f"{key} max {peak} ({name})")
         else:
@@ -440,8 +456,8 @@ SEEDED_COLUMNS = {
         "audience_id", "user_id", "kind", "timestamp", "identities", "previous_identities", "created_at",
     },
     "integrations_delivery": {
-        "connection_id", "kind", "change_id", "user_id", "is_member", "uses_previous_identities", "timestamp",
-        "status", "attempts", "next_attempt_at", "last_error", "created_at",
+        "connection_id", "shard", "kind", "change_id", "user_id", "is_member", "uses_previous_identities",
+        "timestamp", "status", "attempts", "next_attempt_at", "last_error", "created_at",
     },
 }  # fmt: skip
 
@@ -478,9 +494,10 @@ def seed_backlog(cluster: Cluster, audience_id: int, connection_id: int, size: i
         SELECT {audience_id}, id, 1, 1700000000, identities, NULL, now()
         FROM audiences_user WHERE external_id LIKE '{prefix}%' ORDER BY id;
         INSERT INTO integrations_delivery
-            (connection_id, kind, change_id, user_id, is_member, uses_previous_identities, "timestamp", status,
-             attempts, next_attempt_at, last_error, created_at)
-        SELECT {connection_id}, 1, id, user_id, true, false, "timestamp", 1, 0, now(), '', now()
+            (connection_id, shard, kind, change_id, user_id, is_member, uses_previous_identities, "timestamp",
+             status, attempts, next_attempt_at, last_error, created_at)
+        SELECT {connection_id}, user_id % {BENCH_SETTINGS["DELIVERY_SHARDS"]}, 1, id, user_id, true, false,
+               "timestamp", 1, 0, now(), '', now()
         FROM audiences_membershipchange WHERE audience_id = {audience_id} ORDER BY id;
         UPDATE audiences_audience SET member_count = member_count + {size} WHERE id = {audience_id};
     """
@@ -532,6 +549,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=10_000, help="changes sent by the naive design; 0 skips")
     parser.add_argument("--scale-out", type=int, default=100_000, help="backlog for the scale-out rows; 0 skips")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (concurrency 1 each)")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample gunicorn and the workers with py-spy and print where time went"
+    )
     args = parser.parse_args()
 
     began = time.monotonic()
@@ -542,7 +562,7 @@ def main() -> None:
         cluster.start_web()
         cluster.start_beat()
         cluster.start_workers(args.workers, concurrency=1)
-        bench = Bench(cluster)
+        bench = Bench(cluster, Profiler(cluster, BASE_DIR / "bench" / "results" / "profile", args.profile))
         wait_for(lambda: len(bench.control.ping(timeout=0.5)) == args.workers, timeout=60, what="the workers")
         progress(f"Measuring on {os.cpu_count()} cores with {args.workers} worker process(es):")
         if args.ingest:
@@ -582,6 +602,7 @@ def main() -> None:
     for row in bench.rows:
         details = {key: value for key, value in row.items() if key not in ("row", "value", "unit")}
         print(f"{row['row']:<30} {row['value']:>12,.1f}  {row['unit']:<10} {note(details)}")
+    bench.profiler.print()
     print(f"\nWritten to {out.relative_to(BASE_DIR)}")
 
 

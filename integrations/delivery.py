@@ -666,5 +666,5 @@ def connections_sweep() -> list[tuple[int, int]]:
         if (connection_id, shard) not in busy and connection_has_due_work(connection_id, shard)
     ]
     for connection_id, shard in kicked:
-        connection_kick(connection_id, shard)
+        connection_kick(connection_id, shard, force=True)
     return kicked

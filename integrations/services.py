@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,12 +27,19 @@ DELIVERY_INSERT_BATCH = 2000
 
 
 BROKER_RETRY_AFTER_SECONDS = 5.0
+# A kick already queued for a shard makes another one useless: at most one waits per shard (the drain task clears
+# its mark as it starts). The mark expires on its own, in case its task was lost with the broker.
+KICK_PENDING_SECONDS = 60
 _broker_down_until = 0.0
 
 
-def connection_kick(connection_id: int, shard: int | None = None) -> None:
+def kick_pending_key(connection_id: int, shard: int) -> str:
+    return f"kick:{connection_id}:{shard}"
+
+
+def connection_kick(connection_id: int, shard: int | None = None, *, force: bool = False) -> None:
     """Ask workers to drain a connection: one shard, or every shard. Best effort: when the broker is down, the beat
-    sweep kicks them later.
+    sweep kicks them later (with `force`, past the marks of kicks that may have been lost).
 
     After a failed publish, kicks are skipped for a few seconds, so that requests do not each wait for the broker.
     """
@@ -42,11 +50,29 @@ def connection_kick(connection_id: int, shard: int | None = None) -> None:
     for each in shards:
         if time.monotonic() < _broker_down_until:
             return
+        if not force and not _kick_mark(connection_id, each):
+            continue  # a kick is already waiting for this shard
         try:
             drain_connection.apply_async((connection_id, each), expires=300)
         except Exception:  # noqa: BLE001 - a lost kick is recovered by the sweep, it must not fail the caller
             _broker_down_until = time.monotonic() + BROKER_RETRY_AFTER_SECONDS
             logger.warning("Could not queue a drain of connection %s; the sweep will pick it up.", connection_id)
+
+
+def _kick_mark(connection_id: int, shard: int) -> bool:
+    """Mark a kick as queued for this shard; False when one already was."""
+    try:
+        return cache.add(kick_pending_key(connection_id, shard), 1, timeout=KICK_PENDING_SECONDS)
+    except Exception:  # noqa: BLE001 - without the cache, kick anyway
+        return True
+
+
+def kick_taken(connection_id: int, shard: int) -> None:
+    """A drain task started: the next change needs a kick of its own."""
+    try:
+        cache.delete(kick_pending_key(connection_id, shard))
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def connections_kick_on_commit(connection_ids: Iterable[int]) -> None:

@@ -9,13 +9,14 @@ from django.conf import settings
 from .delivery import connection_drain, connections_sweep
 from .health import worker_heartbeat_record
 from .retention import deliveries_purge
-from .services import connection_kick
+from .services import connection_kick, kick_taken
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def drain_connection(connection_id: int, shard: int = 0) -> dict:
+    kick_taken(connection_id, shard)
     report = connection_drain(connection_id, shard)
     if report.batches:
         logger.info(
@@ -23,7 +24,7 @@ def drain_connection(connection_id: int, shard: int = 0) -> dict:
             connection_id, shard, report.delivered, report.skipped, report.failed, report.batches,
         )  # fmt: skip
     if report.more_work:
-        connection_kick(connection_id, shard)
+        connection_kick(connection_id, shard, force=True)
     return {"batches": report.batches, "delivered": report.delivered, "leased": report.leased}
 
 

@@ -552,7 +552,7 @@ def _settle(
     delivered_ids = [delivery.pk for delivery in deliveries if delivery.pk not in failed_ids]
     with transaction.atomic():
         if delivered_ids:
-            Delivery.objects.filter(pk__in=delivered_ids).update(
+            Delivery.objects.filter(pk__any=delivered_ids).update(
                 status=Delivery.Status.DELIVERED,
                 delivered_at=now,
                 attempts=F("attempts") + 1,

@@ -66,3 +66,12 @@ def test_the_backlog_query_starts_from_the_partial_index(make_connection, connec
         .explain()
     )
     assert "delivery_backlog_idx" in plan, plan
+
+
+def test_the_any_lookup_matches_exactly_the_given_values(connection, audience):
+    connection_pause(connection=connection)
+    queue(audience, 5, 0)
+    ids = list(Delivery.objects.filter(connection=connection).order_by("id").values_list("pk", flat=True))
+    assert set(Delivery.objects.filter(pk__any=ids[1:4]).values_list("pk", flat=True)) == set(ids[1:4])
+    assert not Delivery.objects.filter(pk__any=[]).exists()
+    assert Delivery.objects.filter(pk__any=ids[:2]).update(status=Delivery.Status.DELIVERED) == 2

@@ -227,15 +227,26 @@ class Delivery(models.Model):
         SKIPPED = 3, "skipped"
         FAILED = 4, "failed"
 
-    # Every index here is written again each time a row is settled: the connection and the change need none of
-    # their own (the backlog and status indexes start with the connection; changes are never deleted one by one).
+    # Deliveries are the hot table: every index is written again each time a row is settled, and every database
+    # constraint is checked for each of the thousands of rows a batch of changes writes. So the connection and the
+    # change have no index of their own (the backlog and status indexes start with the connection; changes are
+    # never deleted one by one), and the change and the user no database constraint: the one service that writes
+    # deliveries takes both from rows of the same transaction, and deleting them still cascades (Django does it).
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     shard = models.PositiveSmallIntegerField(default=0, help_text="user_id % DELIVERY_SHARDS; 0 without a user.")
     kind = models.PositiveSmallIntegerField(choices=Kind.choices)
     change = models.ForeignKey(
-        MembershipChange, on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False
+        MembershipChange,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
-    user = models.ForeignKey(User, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(
+        User, on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_constraint=False
+    )
     is_member = models.BooleanField(null=True)
     uses_previous_identities = models.BooleanField(
         default=False, help_text="The IsMember false record of an identity change carries the old identities."

@@ -72,8 +72,9 @@ def percentile(ordered: list[float], fraction: float) -> float:
 
 
 class Bench:
-    def __init__(self, cluster: Cluster, profiler: Profiler):
+    def __init__(self, cluster: Cluster, profiler: Profiler, clients: int):
         self.cluster = cluster
+        self.clients = clients
         self.profiler = profiler
         self.cpu: dict[str, float] = {}  # CPU seconds per kind of process during the current measurement
         self.rows: list[dict] = []
@@ -114,14 +115,20 @@ class Bench:
         assert status == 200, (status, body)
 
     def ingest(self, audience_id: int, total: int, *, timestamp: int = 1_700_000_000) -> float:
-        started = time.monotonic()
-        for first in range(0, total, 1000):
+        """Post `total` changes of new users in requests of 1,000, from `self.clients` concurrent clients."""
+
+        def post(first: int) -> None:
             status, body = self.cluster.api(
                 "POST",
                 f"/audiences/{audience_id}/changes",
                 changes_body(first, min(1000, total - first), is_member=True, timestamp=timestamp),
             )
             assert status == 202, body
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.clients) as pool:
+            for future in [pool.submit(post, first) for first in range(0, total, 1000)]:
+                future.result()
         return time.monotonic() - started
 
     def wait_for_records(self, streams: list[str], total_each: int, timeout: float = 1800) -> float:
@@ -176,11 +183,21 @@ class Bench:
     # --- measurements -----------------------------------------------------------------------------------------
 
     def measure_ingest(self, total: int) -> None:
-        progress(f"ingest: {total:,} changes through the API in batches of 1,000")
+        progress(f"ingest: {total:,} changes through the API in batches of 1,000, {self.clients} clients")
         audience_id = self.audience("bench-ingest")
+        connection_id = self.connect(audience_id, "ingest")
+        self.operate(connection_id, "pause")  # its deliveries are written, not sent
         with cpu_used(self.cluster) as self.cpu, self.profiler.during("ingest"):
             seconds = self.ingest(audience_id, total)
-        self.row("ingest", total / seconds, "changes/s", changes=total, seconds=round(seconds, 2))
+        self.row(
+            "ingest",
+            total / seconds,
+            "changes/s",
+            changes=total,
+            seconds=round(seconds, 2),
+            clients=self.clients,
+            connections="1 (paused)",
+        )
 
     def measure_deliver(self, total: int, connections: int) -> None:
         progress(f"deliver: {total:,} changes through the API on {connections} paused connection(s), then resume")
@@ -236,7 +253,9 @@ class Bench:
             self.ingest(audience_id, total)
             self.wait_for_records([stream], total)
             seconds = time.monotonic() - started
-        self.row("end to end", total / seconds, "changes/s", changes=total, seconds=round(seconds, 2))
+        self.row(
+            "end to end", total / seconds, "changes/s", changes=total, seconds=round(seconds, 2), clients=self.clients
+        )
 
     def measure_latency(self, seconds: float, rate: int, per_request: int = 100, users: int = 10_000) -> None:
         """Changes at a steady rate, in paced requests; latency is from the 202 to the record's arrival.
@@ -529,12 +548,13 @@ def sizes(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Throughput, latency and resync benchmark.",
-        epilog="The defaults take about 8 minutes on 2 cores. Full sizes: --ingest 100000 --deliver 100000 "
-        "--resync 1000000 (the 1M resync alone takes 3-4 minutes today).",
+        epilog="The defaults are the full sizes and take about 6 minutes on 2 cores; smaller sizes give a quick look "
+        "(e.g. --deliver 20000 --backlogs 10000 --resync 100000 --latency-seconds 10).",
     )
-    parser.add_argument("--ingest", type=int, default=50_000, help="changes for the ingest row")
+    parser.add_argument("--ingest", type=int, default=100_000, help="changes for the ingest row")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent API clients for ingest and end to end")
     parser.add_argument(
-        "--deliver", type=int, default=50_000, help="pending changes (written through the API) per connection"
+        "--deliver", type=int, default=100_000, help="pending changes (written through the API) per connection"
     )
     parser.add_argument(
         "--backlogs",
@@ -545,7 +565,7 @@ def main() -> None:
     parser.add_argument("--end-to-end", type=int, default=100_000)
     parser.add_argument("--latency-seconds", type=float, default=60, help="0 skips the latency rows")
     parser.add_argument("--latency-rate", type=int, default=1000, help="changes/s, in requests of 100")
-    parser.add_argument("--resync", type=int, default=200_000, help="members of the resynced audience")
+    parser.add_argument("--resync", type=int, default=1_000_000, help="members of the resynced audience")
     parser.add_argument("--baseline", type=int, default=10_000, help="changes sent by the naive design; 0 skips")
     parser.add_argument("--scale-out", type=int, default=100_000, help="backlog for the scale-out rows; 0 skips")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (concurrency 1 each)")
@@ -562,7 +582,8 @@ def main() -> None:
         cluster.start_web()
         cluster.start_beat()
         cluster.start_workers(args.workers, concurrency=1)
-        bench = Bench(cluster, Profiler(cluster, BASE_DIR / "bench" / "results" / "profile", args.profile))
+        profiler = Profiler(cluster, BASE_DIR / "bench" / "results" / "profile", args.profile)
+        bench = Bench(cluster, profiler, args.clients)
         wait_for(lambda: len(bench.control.ping(timeout=0.5)) == args.workers, timeout=60, what="the workers")
         progress(f"Measuring on {os.cpu_count()} cores with {args.workers} worker process(es):")
         if args.ingest:

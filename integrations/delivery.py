@@ -37,7 +37,7 @@ from . import firehose
 from .alerts import alert_raise
 from .models import Connection, Delivery, DeliveryAttempt, DrainLease
 from .records import audience_deleted_record, identities_forwarded, membership_record
-from .services import connection_credentials, connection_kick
+from .services import connection_credentials, connection_kick, deliveries_insert_lock
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class Batch:
     deliveries: list[Pending] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     size: int = 0
-    # The id after which the next claim may start: every pending delivery of this shard up to it is in this batch.
+    # Where the shard's next claim starts once this batch is delivered: every pending delivery of the shard up to
+    # this id is in the batch.
     claimed_through: int = 0
     # The audience's deletion record waits for the other shards to send what was queued before it.
     waiting_for_other_shards: bool = False
@@ -115,13 +116,14 @@ class Batch:
 # --- lease ------------------------------------------------------------------------------------------------------
 
 
-def _lease_acquire(connection_id: int, shard: int) -> str | None:
+def _lease_acquire(connection_id: int, shard: int) -> tuple[str, int] | None:
+    """Take the shard's lease; returns the token and the shard's `claimed_through`, or None when it is taken."""
     now = timezone.now()
     token = secrets.token_hex(8)
     expires = now + timedelta(seconds=settings.DRAIN_LEASE_SECONDS)
     leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard)
     if leases.filter(Q(expires_at__isnull=True) | Q(expires_at__lt=now)).update(token=token, expires_at=expires):
-        return token
+        return token, leases.values_list("claimed_through", flat=True).get()
     if leases.exists():
         return None
     try:
@@ -129,17 +131,24 @@ def _lease_acquire(connection_id: int, shard: int) -> str | None:
             DrainLease.objects.create(connection_id=connection_id, shard=shard, token=token, expires_at=expires)
     except IntegrityError:
         return None  # another drain created it first, or the connection is gone
-    return token
+    return token, 0
 
 
-def _lease_renew(connection_id: int, shard: int, token: str) -> bool:
+def _lease_renew(connection_id: int, shard: int, token: str, claimed_through: int) -> bool:
     expires = timezone.now() + timedelta(seconds=settings.DRAIN_LEASE_SECONDS)
     leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard, token=token)
-    return bool(leases.update(expires_at=expires))
+    return bool(leases.update(expires_at=expires, claimed_through=claimed_through))
 
 
-def _lease_release(connection_id: int, shard: int, token: str) -> None:
-    DrainLease.objects.filter(connection_id=connection_id, shard=shard, token=token).update(token="", expires_at=None)
+def _lease_release(connection_id: int, shard: int, token: str, claimed_through: int) -> None:
+    DrainLease.objects.filter(connection_id=connection_id, shard=shard, token=token).update(
+        token="", expires_at=None, claimed_through=claimed_through
+    )
+
+
+def _claimed_through(connection_id: int, shard: int) -> int:
+    leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard)
+    return leases.values_list("claimed_through", flat=True).first() or 0
 
 
 # --- drain ------------------------------------------------------------------------------------------------------
@@ -148,13 +157,13 @@ def _lease_release(connection_id: int, shard: int, token: str) -> None:
 def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float | None = None) -> DrainReport:
     """Send what is due on one shard of a connection, for at most `time_budget` seconds."""
     report = DrainReport()
-    token = _lease_acquire(connection_id, shard)
-    if token is None:
+    lease = _lease_acquire(connection_id, shard)
+    if lease is None:
         report.leased = False
         return report
+    token, claimed_through = lease
     deadline = time.monotonic() + (settings.DRAIN_TIME_BUDGET_SECONDS if time_budget is None else time_budget)
     renewed = time.monotonic()
-    claimed_through = 0
     waiting = False
     try:
         connection = _connection_for_drain(connection_id)
@@ -169,11 +178,6 @@ def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float |
                 continue  # only skipped or oversized deliveries were claimed: claim again
             waiting = batch.waiting_for_other_shards
             if not batch.deliveries:
-                if claimed_through and not waiting:
-                    # Claims start after the last batch, skipping the index entries of rows just delivered; once
-                    # that finds nothing, look once from the head for rows that committed late with lower ids.
-                    claimed_through = 0
-                    continue
                 if not waiting and connection.resync_running and _queue_resync_page(connection):
                     continue
                 break
@@ -186,20 +190,19 @@ def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float |
                 time.sleep(wait)
             if _send_batch(connection, batch, report):
                 claimed_through = batch.claimed_through
-            else:
-                claimed_through = 0  # failed entries stay pending at the head of the shard
+            # else: the failed entries stay pending after `claimed_through`, the first to be claimed again
             report.batches += 1
             if waiting:
                 break
             if time.monotonic() - renewed > settings.DRAIN_LEASE_SECONDS / 4:
-                if not _lease_renew(connection_id, shard, token):
+                if not _lease_renew(connection_id, shard, token, claimed_through):
                     logger.warning("Lost the lease on shard %s of connection %s; stopping.", shard, connection_id)
                     token = ""
                     break
                 renewed = time.monotonic()
     finally:
         if token:
-            _lease_release(connection_id, shard, token)
+            _lease_release(connection_id, shard, token, claimed_through)
     if token and not report.more_work and not waiting:
         # A change committed between the last empty claim and the release found the lease taken: look once more.
         report.more_work = connection_has_due_work(connection_id, shard)
@@ -210,7 +213,12 @@ def connection_has_due_work(connection_id: int, shard: int) -> bool:
     connection = Connection.objects.filter(pk=connection_id).only("status", "next_attempt_at", "resync_cursor").first()
     if connection is None or not _is_sendable(connection, timezone.now()):
         return False
-    pending = Delivery.objects.filter(connection_id=connection_id, shard=shard, status=Delivery.Status.PENDING)
+    pending = Delivery.objects.filter(
+        connection_id=connection_id,
+        shard=shard,
+        status=Delivery.Status.PENDING,
+        pk__gt=_claimed_through(connection_id, shard),
+    )
     return connection.resync_running or pending.exists()
 
 
@@ -355,7 +363,7 @@ def _queue_resync_page(connection: Connection) -> bool:
     resync has finished. The connection row is locked, so that drains of other shards queue each page once."""
     with transaction.atomic():
         cursor_at, until = (
-            Connection.objects.select_for_update()
+            Connection.objects.select_for_update(no_key=True)
             .filter(pk=connection.pk)
             .values_list("resync_cursor", "resync_until")
             .get()
@@ -368,6 +376,7 @@ def _queue_resync_page(connection: Connection) -> bool:
         page_end = members.values_list("pk", flat=True)[RESYNC_PAGE_SIZE - 1 : RESYNC_PAGE_SIZE].first()
         page_end = (until or 0) if page_end is None else page_end
         now = timezone.now()
+        deliveries_insert_lock([connection.pk])
         with db_connection.cursor() as cursor:
             cursor.execute(
                 f"""

@@ -205,6 +205,11 @@ class DrainLease(models.Model):
     shard = models.PositiveSmallIntegerField()
     token = models.CharField(max_length=32, blank=True, default="")
     expires_at = models.DateTimeField(null=True, blank=True)
+    claimed_through = models.BigIntegerField(
+        default=0,
+        help_text="Every delivery of the shard up to this id is settled: claims start after it, without walking "
+        "the index entries of rows already delivered.",
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "shard"], name="lease_unique_connection_shard")]

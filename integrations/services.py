@@ -22,6 +22,7 @@ from .models import Configuration, Connection, Delivery
 logger = logging.getLogger(__name__)
 
 DELIVERY_INSERT_BATCH = 2000
+DELIVERY_LOCK_SPACE = 7_246_001  # the first key of the advisory locks of deliveries_insert_lock
 
 
 # --- kicks ------------------------------------------------------------------------------------------------------
@@ -92,19 +93,40 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> set[in
     """
     audience_ids = {change.audience_id for change in changes}
     connections: dict[int, list[tuple[int, bool]]] = {}
-    for connection_id, audience_id, send_remove in Connection.objects.filter(audience_id__in=audience_ids).values_list(
-        "id", "audience_id", "configuration__send_remove_on_identity_change"
-    ):
+    active: set[int] = set()
+    for connection_id, audience_id, send_remove, status in Connection.objects.filter(
+        audience_id__in=audience_ids
+    ).values_list("id", "audience_id", "configuration__send_remove_on_identity_change", "status"):
         connections.setdefault(audience_id, []).append((connection_id, send_remove))
+        if status == Connection.Status.ACTIVE:
+            active.add(connection_id)
     if not connections:
         return set()
+    deliveries_insert_lock(connection_id for items in connections.values() for connection_id, _ in items)
     if db_connection.vendor == "postgresql":
         _deliveries_insert_select([change.pk for change in changes])
     else:
         _deliveries_bulk_create(changes, connections)
-    connection_ids = {connection_id for items in connections.values() for connection_id, _ in items}
-    connections_kick_on_commit(connection_ids)
-    return connection_ids
+    connections_kick_on_commit(active)  # a paused or faulted connection is kicked when it resumes
+    return {connection_id for items in connections.values() for connection_id, _ in items}
+
+
+def deliveries_insert_lock(connection_ids: Iterable[int]) -> None:
+    """Hold, until the transaction ends, the right to queue deliveries on these connections.
+
+    So a connection's deliveries become visible in id order: a transaction takes its ids only after the previous
+    one committed. A drain can then start each claim after the last id it settled (`DrainLease.claimed_through`)
+    without missing a row that committed late with a lower id. Locks are taken in id order (no deadlock); SQLite
+    runs one writing transaction at a time anyway.
+    """
+    if db_connection.vendor != "postgresql":
+        return
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            # Two int4 keys: a space of our own, and the id (ids past 2**31 share a lock: more waiting, never less).
+            "SELECT pg_advisory_xact_lock(%s, (id %% 2147483647)::int) FROM unnest(%s::bigint[]) AS id ORDER BY id",
+            [DELIVERY_LOCK_SPACE, sorted(set(connection_ids))],
+        )
 
 
 def _deliveries_insert_select(change_ids: list[int]) -> None:
@@ -172,6 +194,7 @@ def deliveries_create_for_audience_deletion(*, audience: Audience, timestamp: in
     waits until the other shards have sent what was queued before it)."""
     now = timezone.now()
     connection_ids = list(audience.connections.values_list("id", flat=True))
+    deliveries_insert_lock(connection_ids)
     Delivery.objects.bulk_create(
         Delivery(
             connection_id=connection_id,

@@ -107,3 +107,56 @@ def test_a_resync_queues_pages_across_shards_and_sends_each_member_once(connecti
     queued = Delivery.objects.filter(connection=connection, kind=Delivery.Kind.RESYNC)
     assert {shard for shard in queued.values_list("shard", flat=True)} == set(range(SHARDS))
     assert all(user_id % SHARDS == shard for user_id, shard in queued.values_list("user_id", "shard"))
+
+
+def test_a_drain_starts_after_what_its_shard_already_settled(connection, audience, stream):
+    from integrations.models import DrainLease
+
+    drain(connection)
+    apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(8)])
+    drain(connection)
+    for shard in range(SHARDS):
+        last = Delivery.objects.filter(connection=connection, shard=shard).order_by("-pk").values_list("pk").first()
+        assert DrainLease.objects.get(connection=connection, shard=shard).claimed_through == last[0]
+    apply(audience, *[leave(f"u{n}", 101) for n in range(8)])
+    drain(connection)
+    assert [record["IsMember"] for record in stream.records()] == [True] * 8 + [False] * 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queueing_deliveries_waits_for_the_transaction_that_queues_on_the_same_connection(connection, audience):
+    """Deliveries of one connection become visible in id order, which lets a drain start after its last batch."""
+    import threading
+
+    from django.db import connection as db_connection
+    from django.db import transaction
+
+    from integrations.services import deliveries_insert_lock
+
+    if db_connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL advisory locks; SQLite runs one writing transaction at a time")
+    holding, release = threading.Event(), threading.Event()
+
+    def other_transaction() -> None:
+        with transaction.atomic():
+            deliveries_insert_lock([connection.pk])
+            holding.set()
+            release.wait(10)
+        db_connection.close()
+
+    def apply_changes() -> None:
+        apply(audience, join("late", 100, CustomerId="late"))
+        db_connection.close()
+
+    other = threading.Thread(target=other_transaction)
+    other.start()
+    assert holding.wait(10)
+    applying = threading.Thread(target=apply_changes)
+    applying.start()
+    applying.join(0.5)
+    assert applying.is_alive(), "queued deliveries while another transaction held the connection"
+    release.set()
+    other.join(10)
+    applying.join(10)
+    assert not applying.is_alive()
+    assert Delivery.objects.filter(connection=connection, user__external_id="late").count() == 1

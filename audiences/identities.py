@@ -49,6 +49,9 @@ MAX_IDENTITY_LENGTH = 1024
 
 Identities = dict[str, str]
 
+# The JSON text of identities as stored: the keys in their given order, non-ASCII characters as they are.
+identities_json = json.JSONEncoder(ensure_ascii=False).encode
+
 
 def identity_errors(value: Any, path: str) -> list[tuple[str, str]]:
     """Return (field path, message) pairs for everything wrong with an identities object."""
@@ -94,7 +97,7 @@ class IdentitiesField(models.TextField):
     def get_prep_value(self, value: Any) -> str | None:
         if value is None:
             return None
-        return json.dumps(value, ensure_ascii=False)
+        return identities_json(value)
 
     def value_to_string(self, obj: Any) -> str:
         return self.get_prep_value(self.value_from_object(obj)) or ""

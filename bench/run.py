@@ -43,7 +43,6 @@ BENCH_SETTINGS = {
     "FIREHOSE_BACKOFF_BASE_SECONDS": "0.1",
     "FIREHOSE_BACKOFF_CAP_SECONDS": "2",
     "SWEEP_INTERVAL_SECONDS": "1",
-    "DELIVERY_SHARDS": "4",
     "LOG_LEVEL": "WARNING",
 }
 
@@ -515,7 +514,7 @@ def seed_backlog(cluster: Cluster, audience_id: int, connection_id: int, size: i
         INSERT INTO integrations_delivery
             (connection_id, shard, kind, change_id, user_id, is_member, uses_previous_identities, "timestamp",
              status, attempts, next_attempt_at, last_error, created_at)
-        SELECT {connection_id}, user_id % {BENCH_SETTINGS["DELIVERY_SHARDS"]}, 1, id, user_id, true, false,
+        SELECT {connection_id}, user_id % {cluster.env["DELIVERY_SHARDS"]}, 1, id, user_id, true, false,
                "timestamp", 1, 0, now(), '', now()
         FROM audiences_membershipchange WHERE audience_id = {audience_id} ORDER BY id;
         UPDATE audiences_audience SET member_count = member_count + {size} WHERE id = {audience_id};
@@ -576,7 +575,8 @@ def main() -> None:
 
     began = time.monotonic()
     progress("Starting PostgreSQL, Redis, the Firehose emulator, gunicorn, Celery workers and beat...")
-    cluster = cluster_start(settings=BENCH_SETTINGS)
+    # As the README advises: as many shards per connection as worker processes.
+    cluster = cluster_start(settings={**BENCH_SETTINGS, "DELIVERY_SHARDS": str(args.workers)})
     try:
         check_seeded_columns(cluster)
         cluster.start_web()

@@ -6,4 +6,4 @@ class IntegrationsConfig(AppConfig):
     verbose_name = "Amazon Kinesis Data Firehose"
 
     def ready(self) -> None:
-        from project import lookups  # noqa: F401 - registers the `any` lookup
+        from project import db  # noqa: F401 - registers the `any` lookup and the connection settings

@@ -67,8 +67,11 @@ def audience_update(*, audience: Audience, **fields: str) -> Audience:
 
 @transaction.atomic
 def audience_delete(*, audience: Audience) -> Audience:
-    """Soft-delete: the id is never reused, and each connection gets one `AudienceDeleted` record."""
-    audience = Audience.objects.select_for_update(no_key=True).get(pk=audience.pk)
+    """Soft-delete: the id is never reused, and each connection gets one `AudienceDeleted` record.
+
+    The exclusive lock waits for the batches of changes being applied (they hold a shared lock on the audience), and
+    makes later ones wait and then see the deletion: no change is queued after the deletion record."""
+    audience = Audience.objects.select_for_update().get(pk=audience.pk)
     if audience.is_deleted:
         return audience
     audience.deleted_at = timezone.now()
@@ -368,9 +371,11 @@ def _identities_changed(
 
 @transaction.atomic
 def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn]) -> ApplyResult:
-    """Apply a validated batch of changes in order. Stale and no-op changes are ignored and counted."""
-    locked = Audience.objects.select_for_update(no_key=True).filter(pk=audience.pk)
-    if locked.values_list("deleted_at", flat=True).get() is not None:
+    """Apply a validated batch of changes in order. Stale and no-op changes are ignored and counted.
+
+    Batches for one audience run side by side (each user's changes are serialised by the user's row lock, and each
+    connection's deliveries by `deliveries_insert_lock`); only a deletion of the audience waits for them."""
+    if _audience_shared_lock(audience.pk) is not None:
         raise AudienceDeleted(audience.pk)
     audience_id = audience.pk
     result = ApplyResult()
@@ -427,12 +432,26 @@ def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn]) -> 
         result.accepted += 1
 
     result.ignored += result.stale
+    result.change_ids = [change.pk for change in log.save()]
+    # Last: the row lock this takes makes another batch for the audience wait until this one commits.
     if member_delta or result.stale:
         Audience.objects.filter(pk=audience_id).update(
             member_count=F("member_count") + member_delta, stale_change_count=F("stale_change_count") + result.stale
         )
-    result.change_ids = [change.pk for change in log.save()]
     return result
+
+
+def _audience_shared_lock(audience_id: int) -> datetime | None:
+    """Lock the audience against deletion (not against other batches) until the transaction ends; returns its
+    `deleted_at`. PostgreSQL's FOR KEY SHARE, which Django's ORM does not offer; SQLite writes one at a time."""
+    if not _is_postgresql():
+        return Audience.objects.select_for_update().filter(pk=audience_id).values_list("deleted_at", flat=True).get()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT deleted_at FROM audiences_audience WHERE id = %s FOR KEY SHARE", [audience_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Audience.DoesNotExist(audience_id)
+    return row[0]
 
 
 @transaction.atomic

@@ -48,6 +48,7 @@ RESYNC_PAGE_SIZE = 5000
 SEND_RATE_DECREASE = 0.5  # multiplied in when Firehose throttles
 SEND_RATE_INCREASE = 0.02  # added per batch accepted in full, up to 1
 SEND_RATE_FLOOR = 0.01
+SEND_RATE_DECREASE_INTERVAL = timedelta(seconds=1)
 # Unused sending time carried over to the next batches, at most: allows a short burst after a quiet spell.
 SEND_BURST_SECONDS = 1.0
 
@@ -573,8 +574,8 @@ def _settle(
             updates.update(last_delivered_at=now, consecutive_failures=0, next_attempt_at=None)
         throttled = any(failure.code == firehose.THROTTLED for failure in failures)
         if throttled:
-            updates.update(send_rate=_send_rate_decreased())
-        elif not failures and connection.send_rate < 1:
+            updates.update(_send_rate_decreased(now))
+        elif delivered_ids and connection.send_rate < 1:  # entries failing for other reasons are not congestion
             updates.update(send_rate=Least(F("send_rate") + SEND_RATE_INCREASE, 1.0))
         if failures:
             first = failures[0]
@@ -626,7 +627,7 @@ def _request_failed(
             next_attempt_at=retry_at,
             last_error=str(error),
             last_error_at=now,
-            send_rate=_send_rate_decreased() if error.is_throttled else F("send_rate"),
+            **(_send_rate_decreased(now) if error.is_throttled else {}),
         )
     if error.alert and error.retryable:
         alert_raise(connection=connection, type=error.alert, message=error.plain_words)
@@ -636,8 +637,16 @@ def _request_failed(
         _fault(connection, firehose.ALERT_RETRY_LIMIT_EXCEEDED, _retry_limit_message(error.code))
 
 
-def _send_rate_decreased() -> Greatest:
-    return Greatest(F("send_rate") * SEND_RATE_DECREASE, SEND_RATE_FLOOR)
+def _send_rate_decreased(now: datetime) -> dict[str, Case]:
+    """Halve the send rate, at most once per SEND_RATE_DECREASE_INTERVAL: the requests in flight on the other shards
+    when Firehose started throttling answer the same congestion, not a new one."""
+    due = Q(send_rate_lowered_at__isnull=True) | Q(send_rate_lowered_at__lt=now - SEND_RATE_DECREASE_INTERVAL)
+    return {
+        "send_rate": Case(
+            When(due, then=Greatest(F("send_rate") * SEND_RATE_DECREASE, SEND_RATE_FLOOR)), default=F("send_rate")
+        ),
+        "send_rate_lowered_at": Case(When(due, then=Value(now)), default=F("send_rate_lowered_at")),
+    }
 
 
 def _retry_limit_message(code: str) -> str:
@@ -648,11 +657,13 @@ def _retry_limit_message(code: str) -> str:
 
 
 def _fault(connection: Connection, alert: str, message: str) -> None:
-    Connection.objects.filter(pk=connection.pk).update(
+    """Fault the connection, once: of several shards failing at the same time, only the first raises the alert."""
+    faulted = Connection.objects.filter(pk=connection.pk, status=Connection.Status.ACTIVE).update(
         status=Connection.Status.FAULTED, last_error=message, last_error_at=timezone.now()
     )
-    alert_raise(connection=connection, type=alert, message=message)
-    logger.warning("Connection %s faulted: %s", connection.pk, alert)
+    if faulted:
+        alert_raise(connection=connection, type=alert, message=message)
+        logger.warning("Connection %s faulted: %s", connection.pk, alert)
 
 
 # --- sweep ------------------------------------------------------------------------------------------------------

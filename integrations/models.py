@@ -139,6 +139,7 @@ class Connection(models.Model):
         editable=False,
         help_text="The share of the limits in use now: halved when Firehose throttles, then raised step by step.",
     )
+    send_rate_lowered_at = models.DateTimeField(null=True, blank=True, editable=False)
     send_slot_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="When the next batch may go out under the rate limit."
     )

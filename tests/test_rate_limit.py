@@ -2,6 +2,7 @@
 paced by those limits, and the share in use halves when Firehose throttles, then climbs back (AIMD)."""
 
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -72,6 +73,8 @@ def test_sending_is_paced_by_the_byte_limit(make_connection, audience, stream):
 def test_throttling_halves_the_send_rate_and_accepted_batches_raise_it_again(
     make_connection, audience, stream, monkeypatch, settings
 ):
+    from integrations.delivery import connection_drain
+
     settings.FIREHOSE_RETRY_LIMIT = 10
     connection = make_connection()
     drain(connection)
@@ -79,19 +82,29 @@ def test_throttling_halves_the_send_rate_and_accepted_batches_raise_it_again(
     members(audience, 10)
     connection_resume(connection=connection)
     calls: list[int] = []
-    with firehose_behaviour(monkeypatch, batch=throttle_first(2, calls)):
-        from integrations.delivery import connection_drain
 
+    def retry_now(seconds_since_lowered: float) -> None:
+        lowered = Connection.objects.get(pk=connection.pk).send_rate_lowered_at
+        Connection.objects.filter(pk=connection.pk).update(
+            next_attempt_at=None, send_rate_lowered_at=lowered - timedelta(seconds=seconds_since_lowered)
+        )
+
+    with firehose_behaviour(monkeypatch, batch=throttle_first(3, calls)):
         connection_drain(connection.pk, 0, time_budget=5)
         connection.refresh_from_db()
         assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE)
-        Connection.objects.filter(pk=connection.pk).update(next_attempt_at=None)
+        retry_now(0)  # throttled again at once: the same congestion, the rate is not halved twice
+        connection_drain(connection.pk, 0, time_budget=5)
+        connection.refresh_from_db()
+        assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE)
+        retry_now(2)  # throttled again later: halved again
         connection_drain(connection.pk, 0, time_budget=5)
         connection.refresh_from_db()
         assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE**2)
         Connection.objects.filter(pk=connection.pk).update(next_attempt_at=None)
         drain(connection)
     connection.refresh_from_db()
+    assert calls == [10, 10, 10, 10]
     assert len(stream.records()) == 10
     assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE**2 + SEND_RATE_INCREASE)
 
@@ -149,7 +162,24 @@ def test_the_send_rate_never_falls_below_the_floor(make_connection, audience, st
 
     with firehose_behaviour(monkeypatch, batch=always_throttle):
         for _ in range(3):
-            Connection.objects.filter(pk=connection.pk).update(next_attempt_at=None)
+            Connection.objects.filter(pk=connection.pk).update(next_attempt_at=None, send_rate_lowered_at=None)
             connection_drain(connection.pk, 0, time_budget=5)
     connection.refresh_from_db()
     assert connection.send_rate == pytest.approx(SEND_RATE_FLOOR)
+
+
+def test_entries_failing_for_other_reasons_do_not_hold_the_rate_down(make_connection, audience, stream, monkeypatch):
+    from .emulator import fail_entries
+
+    connection = make_connection()
+    drain(connection)
+    connection_pause(connection=connection)
+    members(audience, 4)
+    connection_resume(connection=connection)
+    Connection.objects.filter(pk=connection.pk).update(send_rate=0.5)
+    calls: list[list[bytes]] = []
+    with firehose_behaviour(monkeypatch, batch=fail_entries([{1}], calls)):  # InternalFailure, not throttling
+        drain(connection)
+    connection.refresh_from_db()
+    assert len(calls) == 2 and len(stream.records()) == 4
+    assert connection.send_rate == pytest.approx(0.5 + 2 * SEND_RATE_INCREASE)

@@ -160,3 +160,16 @@ def test_queueing_deliveries_waits_for_the_transaction_that_queues_on_the_same_c
     applying.join(10)
     assert not applying.is_alive()
     assert Delivery.objects.filter(connection=connection, user__external_id="late").count() == 1
+
+
+def test_shards_failing_together_fault_the_connection_once(connection):
+    """Each shard's drain counts the failures it saw; the one that faults the connection raises the alert, the others
+    (which read the connection before it was faulted) do not raise it again."""
+    from integrations.delivery import _fault
+    from integrations.models import Connection, SystemAlert
+
+    for _ in range(SHARDS):
+        _fault(connection, "Retry Limit Exceeded", "Gave up.")
+    connection.refresh_from_db()
+    assert connection.status == Connection.Status.FAULTED
+    assert SystemAlert.objects.get(connection=connection, type="Retry Limit Exceeded").count == 1

@@ -23,6 +23,7 @@ import base64
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -574,6 +575,8 @@ def main() -> None:
     args = parser.parse_args()
 
     began = time.monotonic()
+    # A SIGTERM (timeout, kill) unwinds like Ctrl-C, so that the private PostgreSQL, Redis and processes are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     progress("Starting PostgreSQL, Redis, the Firehose emulator, gunicorn, Celery workers and beat...")
     # As the README advises: as many shards per connection as worker processes.
     cluster = cluster_start(settings={**BENCH_SETTINGS, "DELIVERY_SHARDS": str(args.workers)})
@@ -604,6 +607,7 @@ def main() -> None:
         if args.scale_out:
             bench.measure_scale_out(args.scale_out)
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         cluster.close()
 
     results = {

@@ -338,13 +338,27 @@ def _member_elsewhere(user_pks: list[int], audience_id: int | None) -> dict[int,
     queryset = Membership.objects.filter(user__in=user_pks, is_member=True, audience__deleted_at__isnull=True)
     if audience_id is not None:
         queryset = queryset.exclude(audience_id=audience_id)
-    for other_audience_id, user_id, last_changed_timestamp in queryset.order_by("pk").values_list(
-        "audience_id", "user_id", "last_changed_timestamp"
-    ):
-        memberships.setdefault(user_id, []).append(
-            _MembershipState(other_audience_id, user_id, True, last_changed_timestamp)
-        )
+    rows = list(queryset.order_by("pk").values_list("audience_id", "user_id", "last_changed_timestamp"))
+    live = _audiences_shared_lock({other_audience_id for other_audience_id, _, _ in rows})
+    for other_audience_id, user_id, last_changed_timestamp in rows:
+        if other_audience_id in live:
+            memberships.setdefault(user_id, []).append(
+                _MembershipState(other_audience_id, user_id, True, last_changed_timestamp)
+            )
     return memberships
+
+
+def _audiences_shared_lock(audience_ids: set[int]) -> set[int]:
+    """Lock these audiences against deletion until the transaction ends, as a batch locks its own; returns those
+    not deleted (a deletion being committed is waited for), so that no change is queued after a deletion record."""
+    if not audience_ids or not _is_postgresql():
+        return audience_ids
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM audiences_audience WHERE id = ANY(%s) AND deleted_at IS NULL ORDER BY id FOR KEY SHARE",
+            [sorted(audience_ids)],
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _identities_changed(

@@ -82,3 +82,22 @@ def test_deleting_the_audience_waits_for_an_open_batch_and_later_batches_are_ref
         apply(audience, join("b", 101, CustomerId="b"))
     kinds = list(Delivery.objects.filter(connection=connection).order_by("id").values_list("kind", flat=True))
     assert kinds[-1] == Delivery.Kind.AUDIENCE_DELETED and kinds.count(Delivery.Kind.CHANGE) == 1
+
+
+def test_an_identity_change_waits_for_a_deletion_of_another_audience_and_skips_it(make_connection, audience):
+    from audiences.services import audience_create, user_identities_update
+
+    other = audience_create(internal_name="Other")
+    other_connection = make_connection(audience=other, stream_name="other-stream")
+    apply(audience, join("u", 100, CustomerId="old"))
+    apply(other, join("u", 100, CustomerId="old"))
+    deletion, release = in_open_transaction(lambda: audience_delete(audience=other))
+    update, errors = in_thread(lambda: user_identities_update(user_id="u", identities={"CustomerId": "new"}))
+    update.join(0.5)
+    waited = update.is_alive()
+    release.set()
+    deletion.join(10)
+    update.join(10)
+    assert waited and not errors
+    kinds = list(Delivery.objects.filter(connection=other_connection).order_by("id").values_list("kind", flat=True))
+    assert kinds == [Delivery.Kind.CHANGE, Delivery.Kind.AUDIENCE_DELETED], "nothing after the deletion record"

@@ -147,11 +147,6 @@ def _lease_release(connection_id: int, shard: int, token: str, claimed_through: 
     )
 
 
-def _claimed_through(connection_id: int, shard: int) -> int:
-    leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard)
-    return leases.values_list("claimed_through", flat=True).first() or 0
-
-
 # --- drain ------------------------------------------------------------------------------------------------------
 
 
@@ -206,21 +201,29 @@ def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float |
             _lease_release(connection_id, shard, token, claimed_through)
     if token and not report.more_work and not waiting:
         # A change committed between the last empty claim and the release found the lease taken: look once more.
-        report.more_work = connection_has_due_work(connection_id, shard)
+        report.more_work = connection_has_due_work(connection_id, shard, claimed_through)
     return report
 
 
-def connection_has_due_work(connection_id: int, shard: int) -> bool:
-    connection = Connection.objects.filter(pk=connection_id).only("status", "next_attempt_at", "resync_cursor").first()
-    if connection is None or not _is_sendable(connection, timezone.now()):
+def connection_has_due_work(connection_id: int, shard: int, claimed_through: int) -> bool:
+    connection = Connection.objects.filter(pk=connection_id).only(*_DUE_WORK_FIELDS).first()
+    if connection is None:
         return False
+    return _shard_has_due_work(connection, shard, claimed_through, timezone.now())
+
+
+_DUE_WORK_FIELDS = ("status", "next_attempt_at", "resync_cursor")
+
+
+def _shard_has_due_work(connection: Connection, shard: int, claimed_through: int, now: datetime) -> bool:
+    if not _is_sendable(connection, now):
+        return False
+    if connection.resync_running:
+        return True
     pending = Delivery.objects.filter(
-        connection_id=connection_id,
-        shard=shard,
-        status=Delivery.Status.PENDING,
-        pk__gt=_claimed_through(connection_id, shard),
+        connection_id=connection.pk, shard=shard, status=Delivery.Status.PENDING, pk__gt=claimed_through
     )
-    return connection.resync_running or pending.exists()
+    return pending.exists()
 
 
 def _is_sendable(connection: Connection, now: datetime) -> bool:
@@ -309,8 +312,7 @@ def _claim_batch(connection: Connection, shard: int, claimed_through: int, repor
 
 
 def _queued_before_in_other_shards(connection: Connection, delivery: Pending) -> bool:
-    pending = Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING, pk__lt=delivery.pk)
-    return pending.exclude(pk=delivery.pk).exists()
+    return Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING, pk__lt=delivery.pk).exists()
 
 
 _ANONYMOUS = b""
@@ -673,18 +675,20 @@ def connections_sweep() -> list[tuple[int, int]]:
     """Kick every shard of an active connection with due work and no live drain. Recovers lost kicks and scheduled
     retries. Returns the (connection, shard) pairs kicked."""
     now = timezone.now()
-    busy = set(
-        DrainLease.objects.filter(expires_at__gte=now, connection__status=Connection.Status.ACTIVE).values_list(
-            "connection_id", "shard"
-        )
-    )
-    active = Connection.objects.filter(status=Connection.Status.ACTIVE).values_list("pk", flat=True)
-    kicked = [
-        (connection_id, shard)
-        for connection_id in active
-        for shard in range(settings.DELIVERY_SHARDS)
-        if (connection_id, shard) not in busy and connection_has_due_work(connection_id, shard)
-    ]
+    leases = {
+        (connection_id, shard): (expires_at, claimed_through)
+        for connection_id, shard, expires_at, claimed_through in DrainLease.objects.filter(
+            connection__status=Connection.Status.ACTIVE
+        ).values_list("connection_id", "shard", "expires_at", "claimed_through")
+    }
+    kicked = []
+    for connection in Connection.objects.filter(status=Connection.Status.ACTIVE).only(*_DUE_WORK_FIELDS):
+        for shard in range(settings.DELIVERY_SHARDS):
+            expires_at, claimed_through = leases.get((connection.pk, shard), (None, 0))
+            if expires_at is not None and expires_at >= now:
+                continue  # a drain is running on it
+            if _shard_has_due_work(connection, shard, claimed_through, now):
+                kicked.append((connection.pk, shard))
     for connection_id, shard in kicked:
         connection_kick(connection_id, shard, force=True)
     return kicked

@@ -85,8 +85,8 @@ def connections_kick_on_commit(connection_ids: Iterable[int]) -> None:
 # --- the outbox -------------------------------------------------------------------------------------------------
 
 
-def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> set[int]:
-    """Write the deliveries of freshly saved changes, in change order. Returns the connections concerned.
+def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> None:
+    """Write the deliveries of freshly saved changes, in change order, and kick the active connections concerned.
 
     Must run inside the transaction that saved the changes: a change and its deliveries commit together. Each change
     needs `pk`, `audience_id`, `user_id`, `kind` and `timestamp`.
@@ -101,14 +101,13 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> set[in
         if status == Connection.Status.ACTIVE:
             active.add(connection_id)
     if not connections:
-        return set()
+        return
     deliveries_insert_lock(connection_id for items in connections.values() for connection_id, _ in items)
     if db_connection.vendor == "postgresql":
         _deliveries_insert_select([change.pk for change in changes])
     else:
         _deliveries_bulk_create(changes, connections)
     connections_kick_on_commit(active)  # a paused or faulted connection is kicked when it resumes
-    return {connection_id for items in connections.values() for connection_id, _ in items}
 
 
 def deliveries_insert_lock(connection_ids: Iterable[int]) -> None:

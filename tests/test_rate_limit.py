@@ -9,7 +9,6 @@ import pytest
 from integrations.delivery import SEND_RATE_DECREASE, SEND_RATE_FLOOR, SEND_RATE_INCREASE
 from integrations.models import Connection, DeliveryAttempt
 from integrations.regions import LARGE_REGION_QUOTA, OTHER_REGION_QUOTA
-from integrations.services import connection_pause, connection_resume
 
 from .conftest import drain
 from .emulator import ServiceUnavailable, firehose_behaviour, throttle_first
@@ -30,9 +29,7 @@ def test_the_limits_default_to_the_regions_quota(make_connection):
 def test_batches_hold_at_most_a_second_of_the_record_limit(make_connection, audience, stream):
     connection = make_connection(max_records_per_second=120)
     drain(connection)
-    connection_pause(connection=connection)
     members(audience, 300)
-    connection_resume(connection=connection)
     drain(connection)
     assert [len(call) for call in stream.records_by_call()] == [120, 120, 60]
 
@@ -40,9 +37,7 @@ def test_batches_hold_at_most_a_second_of_the_record_limit(make_connection, audi
 def test_sending_is_paced_by_the_record_limit(make_connection, audience, stream):
     connection = make_connection(max_records_per_second=1000)
     drain(connection)
-    connection_pause(connection=connection)
     members(audience, 2500)
-    connection_resume(connection=connection)
     started = time.monotonic()
     drain(connection)
     elapsed = time.monotonic() - started
@@ -54,9 +49,7 @@ def test_sending_is_paced_by_the_record_limit(make_connection, audience, stream)
 def test_sending_is_paced_by_the_byte_limit(make_connection, audience, stream):
     connection = make_connection(max_bytes_per_second=20_000)
     drain(connection)
-    connection_pause(connection=connection)
     members(audience, 300)
-    connection_resume(connection=connection)
     started = time.monotonic()
     drain(connection)
     elapsed = time.monotonic() - started
@@ -78,9 +71,7 @@ def test_throttling_halves_the_send_rate_and_accepted_batches_raise_it_again(
     settings.FIREHOSE_RETRY_LIMIT = 10
     connection = make_connection()
     drain(connection)
-    connection_pause(connection=connection)
     members(audience, 10)
-    connection_resume(connection=connection)
     calls: list[int] = []
 
     def retry_now(seconds_since_lowered: float) -> None:
@@ -109,9 +100,7 @@ def test_throttling_halves_the_send_rate_and_accepted_batches_raise_it_again(
     assert connection.send_rate == pytest.approx(SEND_RATE_DECREASE**2 + SEND_RATE_INCREASE)
 
     # Each batch accepted in full adds a step, up to the whole limit.
-    connection_pause(connection=connection)
     members(audience, 10, prefix="more")
-    connection_resume(connection=connection)
     Connection.objects.filter(pk=connection.pk).update(send_rate=0.99)
     drain(connection)
     connection.refresh_from_db()
@@ -121,9 +110,7 @@ def test_throttling_halves_the_send_rate_and_accepted_batches_raise_it_again(
 def test_throttled_entries_of_a_partial_failure_lower_the_rate_too(make_connection, audience, stream, monkeypatch):
     connection = make_connection()
     drain(connection)
-    connection_pause(connection=connection)
     members(audience, 4)
-    connection_resume(connection=connection)
     calls: list[int] = []
 
     def throttle_one_entry(original, name, records):
@@ -173,9 +160,7 @@ def test_entries_failing_for_other_reasons_do_not_hold_the_rate_down(make_connec
 
     connection = make_connection()
     drain(connection)
-    connection_pause(connection=connection)
     members(audience, 4)
-    connection_resume(connection=connection)
     Connection.objects.filter(pk=connection.pk).update(send_rate=0.5)
     calls: list[list[bytes]] = []
     with firehose_behaviour(monkeypatch, batch=fail_entries([{1}], calls)):  # InternalFailure, not throttling

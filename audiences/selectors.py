@@ -1,10 +1,154 @@
-"""Reads for audiences and users."""
+"""Reads for audiences and users.
 
+The member and change lists page by keyset (the last row's key in the URL), never by offset or with a count: an
+audience may have a million members and the change log tens of millions of rows, so every query here reads at most
+one page of rows (or a fixed number of candidates) through an index.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from django.db import connection
+from django.db.models import prefetch_related_objects
 from django.shortcuts import get_object_or_404
 
-from .models import Audience
+from .models import Audience, Membership, MembershipChange, User
+
+MEMBERS_PER_PAGE = 100
+# Users whose id starts with the search term, looked at per page of a member search. Most may not be members of the
+# audience: a page then shows fewer members and Next page looks at the next ones.
+MEMBER_SEARCH_CANDIDATES = 500
+CHANGES_PER_PAGE = 50
+USER_AUDIENCES_SHOWN = 200
+# Above every code point: the end of the range of strings that start with a given prefix, in binary order.
+_LAST_CHARACTER = "\U0010ffff"
 
 
 def audience_get_live(audience_id: int) -> Audience:
     """The audience, or 404 when it does not exist or was deleted."""
     return get_object_or_404(Audience.objects.live(), pk=audience_id)
+
+
+class MembersPage(NamedTuple):
+    members: list[Membership]
+    # The `after` of the next page (a membership id when browsing, a user id when searching); None on the last page.
+    next_after: int | str | None
+
+
+def audience_members_page(
+    *, audience: Audience, after: int | None = None, limit: int = MEMBERS_PER_PAGE
+) -> MembersPage:
+    """Current members in membership id order, each with its user: one query of `limit + 1` rows on the partial index
+    `membership_members_idx` (audience, id) WHERE is_member, however many members there are and wherever the page
+    starts."""
+    queryset = Membership.objects.filter(audience=audience, is_member=True).select_related("user").order_by("pk")
+    if after is not None:
+        queryset = queryset.filter(pk__gt=after)
+    members = list(queryset[: limit + 1])
+    if len(members) > limit:
+        return MembersPage(members[:limit], members[limit - 1].pk)
+    return MembersPage(members, None)
+
+
+def audience_members_search(
+    *,
+    audience: Audience,
+    term: str,
+    after: str | None = None,
+    limit: int = MEMBERS_PER_PAGE,
+    candidates: int = MEMBER_SEARCH_CANDIDATES,
+) -> MembersPage:
+    """Current members whose user id is `term` or starts with it, in user id order (case-sensitive).
+
+    Two queries whatever the sizes: the next `candidates` users with the prefix (after the user id `after`), from the
+    index on user ids, then their memberships in this audience, from its unique index. When those users hold fewer
+    than `limit` members but more users may match, the page is short and `next_after` is the last user looked at."""
+    found = users_with_id_prefix(prefix=term, after=after, limit=candidates)
+    position = {pk: index for index, (pk, _) in enumerate(found)}
+    members = sorted(
+        Membership.objects.filter(audience=audience, is_member=True, user_id__in=list(position)).select_related("user"),
+        key=lambda membership: position[membership.user_id],
+    )
+    if len(members) > limit:
+        return MembersPage(members[:limit], members[limit - 1].user.external_id)
+    return MembersPage(members, found[-1][1] if len(found) == candidates else None)
+
+
+def users_with_id_prefix(*, prefix: str, after: str | None = None, limit: int) -> list[tuple[int, str]]:
+    """(pk, user id) of the first `limit` users whose id starts with `prefix` and sorts after `after`, in binary order.
+
+    On PostgreSQL the LIKE prefix, the keyset and the order all use the pattern operators of the `varchar_pattern_ops`
+    index that Django adds beside the unique index: one range scan that stops after `limit` rows in any collation
+    (the unique index cannot answer LIKE, and the pattern index cannot sort by the collation). SQLite compares in
+    binary, so there the prefix is the range [prefix, prefix + the last code point)."""
+    if not prefix or len(prefix) > User._meta.get_field("external_id").max_length:
+        return []
+    if connection.vendor == "postgresql":
+        sql = (
+            f"SELECT id, external_id FROM {User._meta.db_table} WHERE external_id LIKE %s"
+            + (" AND external_id ~>~ %s" if after is not None else "")
+            + " ORDER BY external_id USING ~<~ LIMIT %s"
+        )
+        params: list[object] = [connection.ops.prep_for_like_query(prefix) + "%"]
+        params += [after] if after is not None else []
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, limit])
+            return [(pk, external_id) for pk, external_id in cursor.fetchall()]
+    queryset = User.objects.filter(external_id__gte=prefix, external_id__lt=prefix + _LAST_CHARACTER)
+    if after is not None:
+        queryset = queryset.filter(external_id__gt=after)
+    return list(queryset.order_by("external_id").values_list("pk", "external_id")[:limit])
+
+
+class ChangesPage(NamedTuple):
+    changes: list[MembershipChange]
+    # The `before` of the next (older) page; None on the last page.
+    next_before: int | None
+
+
+def user_change_history(
+    *, user: User, audience_id: int | None = None, before: int | None = None, limit: int = CHANGES_PER_PAGE
+) -> ChangesPage:
+    """The user's membership changes, newest first, each with its audience, in two queries.
+
+    In one audience: a backward range scan of `change_user_audience_idx` (user, audience, id). In all of them, on
+    PostgreSQL: the same scan once per audience of the user's memberships, each stopping after `limit + 1` rows, then
+    merged, so that a user with a long history (or a planner that would walk the primary key backwards looking for
+    them) never reads more than a page per audience. Every change of a user is in an audience where the user has a
+    membership row: memberships are never deleted."""
+    if audience_id is None and connection.vendor == "postgresql":
+        changes = _user_changes_in_all_audiences(user.pk, before, limit + 1)
+    else:
+        queryset = MembershipChange.objects.filter(user=user).order_by("-pk")
+        if audience_id is not None:
+            queryset = queryset.filter(audience_id=audience_id)
+        if before is not None:
+            queryset = queryset.filter(pk__lt=before)
+        changes = list(queryset[: limit + 1])
+    prefetch_related_objects(changes, "audience")
+    if len(changes) > limit:
+        return ChangesPage(changes[:limit], changes[limit - 1].pk)
+    return ChangesPage(changes, None)
+
+
+def _user_changes_in_all_audiences(user_pk: int, before: int | None, limit: int) -> list[MembershipChange]:
+    changes, memberships = MembershipChange._meta.db_table, Membership._meta.db_table
+    before_condition = "AND c.id < %s" if before is not None else ""
+    sql = f"""
+        SELECT c.* FROM (SELECT audience_id FROM {memberships} WHERE user_id = %s) AS m
+        CROSS JOIN LATERAL (
+            SELECT * FROM {changes} AS c
+            WHERE c.user_id = %s AND c.audience_id = m.audience_id {before_condition}
+            ORDER BY c.id DESC LIMIT %s
+        ) AS c
+        ORDER BY c.id DESC LIMIT %s
+    """
+    params = [user_pk, user_pk, *([before] if before is not None else []), limit, limit]
+    return list(MembershipChange.objects.raw(sql, params))
+
+
+def user_audiences(*, user: User, limit: int = USER_AUDIENCES_SHOWN) -> list[Audience]:
+    """The audiences where the user has (or had) a membership, in id order: the choices of the change history's
+    audience filter."""
+    return list(Audience.objects.filter(memberships__user=user).order_by("pk")[:limit])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -25,8 +25,8 @@ from django.contrib.admin.utils import display_for_value, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection as db_connection
-from django.db.models import Count, Max, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.db.models import Count, F, Max, Prefetch, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -40,10 +40,23 @@ from django.views.decorators.debug import sensitive_post_parameters
 from audiences.identities import IDENTITY_LABELS
 from project.admin_tools import ReadOnlyAdmin, choice_filter
 
-from .alerts import alerts_acknowledge
+from .alerts import alerts_acknowledge, alerts_acknowledge_all
+from .context_processors import request_open_alert_count
 from .forms import SECRET_FIELD, ConfigurationAdminForm, ConnectionAdminForm
-from .models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
-from .selectors import connection_backlog, connection_iam_policy, connections_with_backlog
+from .models import OPEN_ALERTS, Configuration, Connection, Delivery, DeliveryAttempt, DeliveryFailure, SystemAlert
+from .selectors import (
+    ALERT_WINDOWS,
+    BACKLOG_COUNT_CAP,
+    DEFAULT_ALERT_WINDOW,
+    alert_ranking,
+    alerts_with_window_count,
+    connection_backlog_capped,
+    connection_iam_policy,
+    connections_with_backlog,
+    connections_worst_first,
+    deliveries_backlog_capped,
+    resync_progress,
+)
 from .services import (
     configuration_create,
     configuration_update,
@@ -53,7 +66,9 @@ from .services import (
     connection_resync,
     connection_test,
     connection_update,
+    deliveries_retry_failed,
 )
+from .stats import ConnectionDay, connection_last_24_hours, deliveries_last_24_hours
 
 # Badge tones (integrations/static/integrations/admin.css): ok green, warn orange, bad red, info blue, muted grey.
 CONNECTION_TONES = {
@@ -136,6 +151,55 @@ def date_column(field: str, description: str, *, compact: bool = True) -> Callab
     return display
 
 
+def duration_text(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def delivery_chart_svg(day: ConnectionDay) -> str:
+    """Delivered (green) and failed (red) records per hour over the last 24 hours, as a server-rendered SVG bar chart:
+    no script, no request of its own. Each bar's tooltip gives the hour and the numbers."""
+    slot = CHART_WIDTH / len(day.points)
+    plot = CHART_HEIGHT - CHART_TOP - 14
+    peak = max([point.delivered + point.failed for point in day.points] + [1])
+    bars = []
+    for index, point in enumerate(day.points):
+        x = index * slot + 1
+        delivered_height = plot * point.delivered / peak
+        failed_height = plot * point.failed / peak
+        base = CHART_TOP + plot
+        tip = f"{point.hour:%H}:00 UTC: {point.delivered:,} delivered, {point.failed:,} failed"
+        bars.append(
+            format_html(
+                '<g><title>{}</title><rect class="delivered" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}"/>'
+                '<rect class="failed" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}"/></g>',
+                tip,
+                x,
+                base - delivered_height,
+                slot - 2,
+                delivered_height,
+                x,
+                base - delivered_height - failed_height,
+                slot - 2,
+                failed_height,
+            )  # fmt: skip
+        )
+        if index % 6 == 0:
+            bars.append(format_html('<text x="{:.1f}" y="{}">{}:00</text>', x, CHART_HEIGHT - 2, f"{point.hour:%H}"))
+    return format_html(
+        '<svg class="delivery-chart" role="img" aria-label="{}" width="{}" height="{}" viewBox="0 0 {} {}">'
+        '<line x1="0" y1="{}" x2="{}" y2="{}"/><text x="0" y="10">{} per hour (peak)</text>{}</svg>',
+        f"Delivered and failed records per hour, last 24 hours: {day.delivered:,} delivered, {day.failed:,} failed",
+        CHART_WIDTH, CHART_HEIGHT, CHART_WIDTH, CHART_HEIGHT,
+        CHART_TOP + plot, CHART_WIDTH, CHART_TOP + plot,
+        f"{peak:,}",
+        mark_safe("".join(bars)),
+    )  # fmt: skip
+
+
 def can_view_configurations(request: HttpRequest) -> bool:
     """Configuration pages hold the credentials: only users with a permission on Configuration reach them."""
     return request.user.has_perm("integrations.view_configuration") or request.user.has_perm(
@@ -155,24 +219,35 @@ def _connection_link(connection: Connection) -> str:
     return _admin_link(connection, f"{connection.audience.name} → {connection.stream_name}")
 
 
-class EstimatedCountPaginator(Paginator):
-    """For the delivery logs: an unfiltered list on PostgreSQL takes the planner's row estimate instead of a COUNT(*)
-    over the whole table. Filtered lists, small tables and other databases count exactly."""
+class LogPaginator(Paginator):
+    """For the delivery logs, which grow to tens of millions of rows: never a COUNT(*) over the table. An unfiltered
+    list on PostgreSQL takes the planner's row estimate; any other list counts at most COUNT_CAP + 1 rows (the pages
+    go that far, and the page says "more than"). Small tables count exactly."""
 
     ESTIMATE_FROM = 100_000
+    COUNT_CAP = 10_000
 
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if db_connection.vendor == "postgresql" and isinstance(queryset, QuerySet) and not queryset.query.where:
+        if not isinstance(queryset, QuerySet):
+            return super().count
+        if db_connection.vendor == "postgresql" and not queryset.query.where:
             with db_connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [queryset.model._meta.db_table]
                 )
                 row = cursor.fetchone()
             if row and row[0] >= self.ESTIMATE_FROM:
+                self.estimated = True
                 return row[0]
-        return super().count
+        return queryset.order_by()[: self.COUNT_CAP + 1].count()
+
+    estimated = False
+
+    @property
+    def capped(self) -> bool:
+        return not self.estimated and self.count > self.COUNT_CAP
 
 
 class ConnectionListFilter(admin.RelatedFieldListFilter):
@@ -186,11 +261,12 @@ class ConnectionListFilter(admin.RelatedFieldListFilter):
 
 
 def health_summary(request: HttpRequest) -> dict[str, Any] | None:
-    """Connections by status, open System Alerts, the total backlog and the last delivery, for the admin index.
+    """Connections by status, open System Alerts, the last 24 hours' deliveries, the backlog and the connections that
+    most need a look, for the admin index.
 
-    Three queries whatever the size of the tables: one aggregate over the connections, one count of open alerts,
-    and one count of the pending deliveries only (the rows of the backlog's partial index, never every delivery).
-    None for a user who may not see connections."""
+    A fixed number of queries whatever the size of the tables: an aggregate over the connections, a count of the
+    open alert rows, a sum over the last 24 hourly stats rows per connection, a capped count of the pending
+    deliveries, and one query for the worst connections. None for a user who may not see connections."""
     user = request.user
     if not (user.has_perm("integrations.view_connection") or user.has_perm("integrations.change_connection")):
         return None
@@ -201,18 +277,30 @@ def health_summary(request: HttpRequest) -> dict[str, Any] | None:
         faulted=Count("pk", filter=Q(status=status.FAULTED)),
         last_delivered_at=Max("last_delivered_at"),
     )
+    backlog = deliveries_backlog_capped()
+    since = timezone.now() - timedelta(hours=24)
     summary = {
         **totals,
         "badges": [
             (value, badge(f"{totals[value]} {value}", CONNECTION_TONES[value] if totals[value] else "muted"))
             for value in (status.ACTIVE, status.PAUSED, status.FAULTED)
         ],
-        "backlog": Delivery.objects.filter(status=Delivery.Status.PENDING).count(),
+        "backlog": f"more than {BACKLOG_COUNT_CAP:,}" if backlog > BACKLOG_COUNT_CAP else f"{backlog:,}",
+        "backlog_count": backlog,
+        "day": deliveries_last_24_hours(),
         "last_delivery": when(totals["last_delivered_at"]),
         "show_alerts": user.has_perm("integrations.view_systemalert"),
+        "worst": [
+            (connection, connection_status_badge(connection))
+            for connection in connections_worst_first(since=since)
+            if connection.status != status.ACTIVE
+            or connection.open_alerts
+            or connection.failed_recently
+            or connection.backlog
+        ],
     }
     if summary["show_alerts"]:
-        open_alerts = SystemAlert.objects.filter(acknowledged=False).count()
+        open_alerts = request_open_alert_count(request)
         summary["open_alerts"] = open_alerts
         summary["open_alerts_badge"] = badge(open_alerts, "bad" if open_alerts else "muted")
     return summary
@@ -305,16 +393,21 @@ CONNECTION_IDENTITIES = [
     "identities_to_exclude",
 ]
 CONNECTION_STATUS = [
-    "status_badge",
-    "backlog",
-    "delivered",
-    "failed",
-    "anonymous_skipped",
+    "status_detail",
+    "backlog_detail",
     "last_delivery_detail",
     "last_error_text",
     "last_error_at_detail",
+    "last_24_hours",
+    "latency_p95",
     "resync_progress",
     "open_alerts",
+    "delivery_log",
+]
+CONNECTION_ENGINE = [
+    "delivered",
+    "failed",
+    "anonymous_skipped",
     "consecutive_failures",
     "next_attempt",
     "batch_permitted",
@@ -333,6 +426,8 @@ IDENTITIES_DESCRIPTION = (
     "only the exclusion."
 )
 OPERATIONS = ("test", "resync", "pause", "resume")
+RETRY_FAILED_LIMIT = 100_000  # deliveries queued again by one Retry failed
+CHART_WIDTH, CHART_HEIGHT, CHART_TOP = 480, 96, 12
 
 
 @admin.register(Connection)
@@ -344,6 +439,9 @@ class ConnectionAdmin(admin.ModelAdmin):
     list_select_related = ["audience", "configuration"]
     search_fields = ["stream_name", "audience__internal_name", "audience__external_name"]
     actions = ["test_connection", "resync", "pause", "resume"]
+
+    class Media:
+        js = ["integrations/connection.js"]
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """Test, resync, pause and resume: the Operators' permission (superusers have every permission)."""
@@ -364,8 +462,9 @@ class ConnectionAdmin(admin.ModelAdmin):
         if obj is None:
             return settings
         return [
+            ("Health", {"fields": CONNECTION_STATUS}),
             *settings,
-            ("Status", {"fields": CONNECTION_STATUS}),
+            ("Delivery engine", {"fields": CONNECTION_ENGINE, "classes": ["collapse"]}),
             (
                 "Stream and IAM policy",
                 {
@@ -380,7 +479,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         if obj is None:
             return []
         # The audience stays: its backlog belongs to it. Status changes through the actions.
-        return ["audience", *CONNECTION_STATUS, *CONNECTION_STREAM]
+        return ["audience", *CONNECTION_STATUS, *CONNECTION_ENGINE, *CONNECTION_STREAM]
 
     def formfield_for_dbfield(self, db_field, request: HttpRequest, **kwargs):
         """A configuration is shared by many connections: it is chosen here, never added, edited or deleted from
@@ -397,7 +496,6 @@ class ConnectionAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         context = {
             "faulted_count": Connection.objects.filter(status=Connection.Status.FAULTED).count(),
-            "open_alert_count": SystemAlert.objects.filter(acknowledged=False).count(),
             **(extra_context or {}),
         }
         return super().changelist_view(request, context)
@@ -449,7 +547,19 @@ class ConnectionAdmin(admin.ModelAdmin):
             )
             for operation in OPERATIONS
         ]
-        return operations + super().get_urls()
+        progress = path(
+            "<path:object_id>/progress/",
+            self.admin_site.admin_view(self.progress_view),
+            name=f"{prefix}_progress",
+        )
+        return [progress, *operations, *super().get_urls()]
+
+    def progress_view(self, request: HttpRequest, object_id: str) -> JsonResponse:
+        """The resync progress as JSON, for the connection page's script (integrations/connection.js)."""
+        connection = self.get_object(request, unquote(object_id))
+        if connection is None or not self.has_view_or_change_permission(request, connection):
+            raise Http404
+        return JsonResponse(resync_progress(connection))
 
     def operate_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
         """Runs one operation on one connection and goes back to its change page with a message. Test, pause and
@@ -504,9 +614,10 @@ class ConnectionAdmin(admin.ModelAdmin):
         return connection_status_badge(obj)
 
     @admin.display(description="Backlog", ordering="backlog")
-    def backlog(self, obj: Connection) -> int:
+    def backlog(self, obj: Connection) -> str:
         backlog = getattr(obj, "backlog", None)
-        return connection_backlog(obj) if backlog is None else backlog
+        backlog = connection_backlog_capped(obj.pk) if backlog is None else backlog
+        return f"> {BACKLOG_COUNT_CAP:,}" if backlog > BACKLOG_COUNT_CAP else f"{backlog:,}"
 
     @admin.display(description="Delivered")
     def delivered(self, obj: Connection) -> int:
@@ -549,25 +660,99 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Resync")
     def resync_progress(self, obj: Connection) -> str:
-        if obj.resync_running:
-            return f"running: {obj.resync_queued} of {obj.resync_total} members queued"
-        if obj.resync_requested_at:
-            return format_html("not running (last requested {})", when(obj.resync_requested_at))
-        return "not running"
+        """Refreshed by integrations/connection.js while it runs, without reloading the page."""
+        progress = resync_progress(obj)
+        url = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_progress", args=[obj.pk])
+        bar = ""
+        if progress["state"] != "idle":
+            planned = max(progress["total"], progress["queued"], 1)
+            bar = format_html('<progress max="{}" value="{}"></progress> ', planned, progress["sent"])
+        requested = format_html(" (requested {})", when(obj.resync_requested_at)) if obj.resync_requested_at else ""
+        return format_html(
+            '<div id="resync-progress" data-state="{}" data-url="{}" aria-live="polite">{}'
+            '<span class="progress-text">{}</span>{}</div>',
+            progress["state"],
+            url,
+            bar,
+            progress["text"],
+            requested,
+        )
+
+    @admin.display(description="Status")
+    def status_detail(self, obj: Connection) -> str:
+        return format_html('<span id="connection-status">{}</span>', connection_status_badge(obj))
+
+    @admin.display(description="Backlog")
+    def backlog_detail(self, obj: Connection) -> str:
+        count = connection_backlog_capped(obj.pk)
+        text = f"more than {BACKLOG_COUNT_CAP:,}" if count > BACKLOG_COUNT_CAP else f"{count:,}"
+        url = reverse("admin:integrations_delivery_changelist")
+        return format_html(
+            '<span id="connection-backlog">{}</span> record{} pending (<a href="{}?connection__id__exact={}&amp;'
+            'status__exact=1">see them</a>)',
+            text,
+            "" if count == 1 else "s",
+            url,
+            obj.pk,
+        )
+
+    def _day(self, obj: Connection) -> ConnectionDay:
+        if not hasattr(obj, "_last_24_hours"):
+            obj._last_24_hours = connection_last_24_hours(obj.pk)
+        return obj._last_24_hours
+
+    @admin.display(description="Last 24 hours")
+    def last_24_hours(self, obj: Connection) -> str:
+        day = self._day(obj)
+        summary = format_html(
+            '<div class="chart-legend"><span><span class="swatch delivered-swatch" style="background:#2e7d32">'
+            '</span>{} delivered</span><span><span class="swatch" style="background:#c62828"></span>{} failed</span>'
+            "<span>{} retried</span></div>",
+            f"{day.delivered:,}",
+            f"{day.failed:,}",
+            f"{day.retried:,}",
+        )
+        return format_html("{}{}", summary, delivery_chart_svg(day))
+
+    @admin.display(description="p95 delivery latency (24 h)")
+    def latency_p95(self, obj: Connection) -> str:
+        p95 = self._day(obj).p95_latency_seconds
+        if p95 is None:
+            return "- (nothing delivered in the last 24 hours)"
+        return f"{duration_text(p95)} from the change's acceptance to Firehose's answer"
+
+    @admin.display(description="Delivery log")
+    def delivery_log(self, obj: Connection) -> str:
+        url = reverse("admin:integrations_delivery_changelist")
+        attempts = reverse("admin:integrations_deliveryattempt_changelist")
+        return format_html(
+            '<a href="{}?connection__id__exact={}">Deliveries</a> · <a href="{}?connection__id__exact={}&amp;'
+            'status__exact=4">failed ones</a> · <a href="{}?connection__id__exact={}">Requests to Firehose</a>',
+            url,
+            obj.pk,
+            url,
+            obj.pk,
+            attempts,
+            obj.pk,
+        )
 
     @admin.display(description="Open alerts")
     def open_alerts(self, obj: Connection) -> str:
-        count = obj.alerts.filter(acknowledged=False).count()
-        if not count:
-            return "none"
+        count = obj.alerts.filter(OPEN_ALERTS).count()
         url = reverse("admin:integrations_systemalert_changelist")
+        if not count:
+            return format_html('none (<a href="{}?connection__id__exact={}">alert history</a>)', url, obj.pk)
         return format_html(
-            '<a href="{}?connection__id__exact={}&amp;open=yes">{}</a>', url, obj.pk, _plural(count, "open alert")
+            '<a href="{}?connection__id__exact={}">{}</a>', url, obj.pk, badge(_plural(count, "open alert"), "bad")
         )
 
     @admin.display(description="IAM policy")
     def iam_policy(self, obj: Connection) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(connection_iam_policy(obj), indent=2))
+        return format_html(
+            '<div class="iam-policy"><button type="button" class="copy-button" data-copy-target="iam-policy-json">'
+            'Copy</button><pre id="iam-policy-json">{}</pre></div>',
+            json.dumps(connection_iam_policy(obj), indent=2),
+        )
 
     # --- actions ---
 
@@ -666,8 +851,44 @@ class ConnectionAdmin(admin.ModelAdmin):
 
 
 OpenAlertFilter = choice_filter(
-    "open", "open", {"yes": ("open", Q(acknowledged=False)), "no": ("acknowledged", Q(acknowledged=True))}
+    "open",
+    "open",
+    {
+        "yes": ("open", OPEN_ALERTS),
+        "no": ("acknowledged or resolved", ~OPEN_ALERTS),
+    },
 )
+
+
+class AlertWindowFilter(admin.SimpleListFilter):
+    """The window of the ranking and of the "in window" counts (1 h, 12 h, 24 h or 7 d; 12 h by default, as in
+    mParticle's System Alerts). It chooses what is counted, not which alert rows are listed."""
+
+    title = "window"
+    parameter_name = "window"
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _) in ALERT_WINDOWS.items()]
+
+    def value(self):
+        value = super().value()
+        return value if value in ALERT_WINDOWS else DEFAULT_ALERT_WINDOW
+
+    def choices(self, changelist):
+        for key, label in self.lookup_choices:
+            yield {
+                "selected": self.value() == key,
+                "query_string": changelist.get_query_string({self.parameter_name: key}),
+                "display": label,
+            }
+
+    def queryset(self, request, queryset):
+        return queryset
+
+
+def alert_window(request: HttpRequest) -> str:
+    window = request.GET.get("window", DEFAULT_ALERT_WINDOW)
+    return window if window in ALERT_WINDOWS else DEFAULT_ALERT_WINDOW
 
 
 class EngineLogAdmin(ReadOnlyAdmin):
@@ -680,37 +901,119 @@ class EngineLogAdmin(ReadOnlyAdmin):
 
 @admin.register(SystemAlert)
 class SystemAlertAdmin(EngineLogAdmin):
-    list_display = ["open", "type", "connection_link", "count", "last_seen_column", "message"]
+    """System Alerts: connections ranked by alert volume over a window (above the list), and one row per connection
+    and alert type, which the connection filter turns into that connection's drill-down."""
+
+    list_display = [
+        "open_badge",
+        "type",
+        "connection_link",
+        "window_count",
+        "count",
+        "first_seen_column",
+        "last_seen_column",
+        "message",
+        "sample",
+    ]
     list_display_links = ["type"]
-    list_filter = [OpenAlertFilter, ("connection", ConnectionListFilter), "type"]
+    list_filter = [AlertWindowFilter, OpenAlertFilter, ("connection", ConnectionListFilter), "type"]
     list_select_related = ["connection__audience"]
     actions = ["acknowledge"]
     fields = [
         "connection",
         "type",
+        "open_badge",
         "count",
         "first_seen_detail",
         "last_seen_detail",
         "last_message",
-        "acknowledged",
+        "sample_record_pretty",
         "acknowledged_at_detail",
+        "resolved_at_detail",
     ]
 
+    def get_urls(self):
+        name = f"{self.opts.app_label}_{self.opts.model_name}_acknowledge_all"
+        return [
+            path("acknowledge-all/", self.admin_site.admin_view(self.acknowledge_all_view), name=name),
+            *super().get_urls(),
+        ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SystemAlert]:
+        since = timezone.now() - ALERT_WINDOWS[alert_window(request)][1]
+        return alerts_with_window_count(super().get_queryset(request), since=since).order_by(
+            "acknowledged", F("resolved_at").desc(nulls_first=True), "-last_seen"
+        )
+
     def changelist_view(self, request, extra_context=None):
-        return super().changelist_view(request, {"title": "System Alerts", **(extra_context or {})})
+        window = alert_window(request)
+        connection_id = request.GET.get("connection__id__exact", "")
+        connection = (
+            Connection.objects.select_related("audience").filter(pk=connection_id).first()
+            if connection_id.isdigit()
+            else None
+        )
+        label, length = ALERT_WINDOWS[window]
+        context = {
+            "title": f"System Alerts: {connection}" if connection else "System Alerts",
+            "window": window,
+            "window_label": label,
+            "windows": [(key, text) for key, (text, _) in ALERT_WINDOWS.items()],
+            "ranking": [
+                {**row, "status_badge": connection_status_badge(row["connection"])}
+                for row in alert_ranking(since=timezone.now() - length)
+            ],
+            "drill_down": connection,
+            "open_total": SystemAlert.objects.filter(OPEN_ALERTS).count(),
+            "can_acknowledge": self.has_acknowledge_permission(request),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
+    def acknowledge_all_view(self, request: HttpRequest) -> HttpResponse:
+        """Acknowledge every open alert, or every open alert of one connection (`connection` in the form)."""
+        if not self.has_acknowledge_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        connection_id = request.POST.get("connection", "")
+        count = alerts_acknowledge_all(connection_id=int(connection_id) if connection_id.isdigit() else None)
+        self.message_user(request, f"Acknowledged {_plural(count, 'alert')}.", messages.SUCCESS)
+        back = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+        if connection_id.isdigit():
+            back += f"?connection__id__exact={connection_id}"
+        return HttpResponseRedirect(back)
 
     last_seen_column = date_column("last_seen", "Last seen")
+    first_seen_column = date_column("first_seen", "First seen")
     first_seen_detail = date_column("first_seen", "First seen", compact=False)
     last_seen_detail = date_column("last_seen", "Last seen", compact=False)
     acknowledged_at_detail = date_column("acknowledged_at", "Acknowledged at", compact=False)
+    resolved_at_detail = date_column("resolved_at", "Resolved at", compact=False)
 
     @admin.display(description="Last message")
     def message(self, obj: SystemAlert) -> str:
         return _folded(obj.last_message, 60)
 
-    @admin.display(description="Open", boolean=True, ordering="acknowledged")
-    def open(self, obj: SystemAlert) -> bool:
-        return obj.is_open
+    @admin.display(description="Sample record")
+    def sample(self, obj: SystemAlert) -> str:
+        return _folded(obj.sample_record, 24)
+
+    @admin.display(description="Sample record (identities masked)")
+    def sample_record_pretty(self, obj: SystemAlert) -> str:
+        return format_html("<pre>{}</pre>", obj.sample_record) if obj.sample_record else "-"
+
+    @admin.display(description="In window", ordering="window_count")
+    def window_count(self, obj: SystemAlert) -> int:
+        return getattr(obj, "window_count", 0)
+
+    @admin.display(description="Status", ordering="acknowledged")
+    def open_badge(self, obj: SystemAlert) -> str:
+        if obj.is_open:
+            return badge("open", "bad")
+        if obj.resolved_at and not obj.acknowledged:
+            return format_html('<span title="{}">{}</span>', utc_text(obj.resolved_at), badge("resolved", "ok"))
+        return badge("acknowledged", "muted")
 
     def has_acknowledge_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(f"{self.opts.app_label}.acknowledge_systemalert")
@@ -724,8 +1027,60 @@ class SystemAlertAdmin(EngineLogAdmin):
 # --- delivery logs ----------------------------------------------------------------------------------------------
 
 
+class UserIdFilter(admin.SimpleListFilter):
+    """The deliveries of one user, by the user id the upstream systems know (its unique index answers)."""
+
+    title = "user"
+    parameter_name = "user_id"
+    template = "admin/integrations/text_filter.html"
+
+    def lookups(self, request, model_admin):
+        return [("", "")]  # a text input (the template), not a list of every user
+
+    def choices(self, changelist):
+        """One choice: the changelist's other parameters, kept as hidden fields of the text input's form."""
+        hidden = [
+            (name, value)
+            for name, values in changelist.params.items()
+            if name not in (self.parameter_name, "p")
+            for value in (values if isinstance(values, list) else [values])
+        ]
+        yield {"selected": bool(self.value()), "hidden": hidden, "value": self.value() or ""}
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        if not value:
+            return queryset
+        return queryset.filter(user__external_id=value)
+
+
+TIME_WINDOWS = {"1h": ("last hour", timedelta(hours=1)), "24h": ("last 24 hours", timedelta(hours=24))}
+TIME_WINDOWS["7d"] = ("last 7 days", timedelta(days=7))
+
+
+def time_filter(field: str) -> type[admin.SimpleListFilter]:
+    """Created in the last hour, 24 hours or 7 days: a range on an index, where a date hierarchy would first list
+    every distinct date of the table."""
+
+    class TimeFilter(admin.SimpleListFilter):
+        title = "time"
+        parameter_name = "time"
+
+        def lookups(self, request, model_admin):
+            return [(key, label) for key, (label, _) in TIME_WINDOWS.items()]
+
+        def queryset(self, request, queryset):
+            window = TIME_WINDOWS.get(self.value() or "")
+            return queryset.filter(**{f"{field}__gte": timezone.now() - window[1]}) if window else queryset
+
+    return TimeFilter
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(EngineLogAdmin):
+    """The delivery log: one row per record to send, newest first, with the attempts that carried it (the failed
+    tries of DeliveryFailure, then the last attempt), filterable by connection, status, user and time."""
+
     list_display = [
         "delivery_id",
         "status_badge",
@@ -733,15 +1088,14 @@ class DeliveryAdmin(EngineLogAdmin):
         "connection_link",
         "user_link",
         "kind_short",
-        "attempts",
-        "error",
+        "attempt_list",
     ]
-    list_filter = ["status", "kind", ("connection", ConnectionListFilter)]
-    list_select_related = ["connection__audience", "user"]
-    date_hierarchy = "created_at"
+    list_filter = ["status", ("connection", ConnectionListFilter), UserIdFilter, time_filter("created_at"), "kind"]
+    list_select_related = ["connection__audience", "user", "last_attempt"]
+    actions = ["retry_failed"]
     ordering = ["-id"]
     show_full_result_count = False
-    paginator = EstimatedCountPaginator
+    paginator = LogPaginator
     list_per_page = 100
     fields = [
         "connection",
@@ -753,12 +1107,72 @@ class DeliveryAdmin(EngineLogAdmin):
         "record_timestamp",
         "change",
         "attempts",
+        "attempt_list",
         "next_attempt",
         "error_text",
-        "last_attempt",
         "created_detail",
         "delivered_detail",
     ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        failures = DeliveryFailure.objects.select_related("attempt").order_by("pk")
+        return super().get_queryset(request).prefetch_related(Prefetch("failures", queryset=failures))
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.operate_connection")
+
+    @admin.action(description="Retry failed deliveries (queue them again)", permissions=["operate"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        """Like Svix's Recover Failed: the selected deliveries that failed are queued again, connection by
+        connection; the others are left as they are."""
+        failed = queryset.filter(status=Delivery.Status.FAILED).order_by()
+        by_connection: dict[int, list[int]] = {}
+        for connection_id, pk in failed.values_list("connection_id", "pk")[: RETRY_FAILED_LIMIT + 1]:
+            by_connection.setdefault(connection_id, []).append(pk)
+        queued = 0
+        for connection in Connection.objects.filter(pk__in=by_connection):
+            queued += deliveries_retry_failed(connection=connection, delivery_ids=by_connection[connection.pk])
+        if not queued:
+            self.message_user(request, "None of the selected deliveries had failed: nothing to retry.", messages.INFO)
+            return
+        self.message_user(
+            request,
+            f"Queued {_plural(queued, 'failed delivery', 'failed deliveries')} again on "
+            f"{_plural(len(by_connection), 'connection')}: they are sent after the current backlog "
+            "(a paused or faulted connection sends them once resumed).",
+            messages.SUCCESS,
+        )
+
+    @admin.display(description="Attempts")
+    def attempt_list(self, obj: Delivery) -> str:
+        """Each attempt that carried this record: when, how long, the outcome or error, and the batch's size."""
+        attempts = [failure.attempt for failure in obj.failures.all()]
+        if obj.last_attempt_id and obj.last_attempt_id not in {attempt.pk for attempt in attempts}:
+            if obj.last_attempt is not None:
+                attempts.append(obj.last_attempt)
+        if not attempts:
+            return "-" if obj.status != Delivery.Status.FAILED else _folded(obj.last_error, 40)
+        errors = {failure.attempt_id: failure.error for failure in obj.failures.all()}
+        items = []
+        for attempt in attempts:
+            if attempt.pk in errors:
+                error, outcome = errors[attempt.pk], badge("failed", "bad")
+            else:
+                error = f"{attempt.error_code}: {attempt.error_message}" if attempt.error_code else ""
+                outcome = badge(attempt.get_outcome_display(), OUTCOME_TONES.get(attempt.outcome, "muted"))
+            items.append(
+                format_html(
+                    '<li><span title="{}">{}</span> · {} ms · {} record{} {} {}</li>',
+                    relative_text(attempt.started_at),
+                    utc_text(attempt.started_at),
+                    attempt.duration_ms,
+                    attempt.records,
+                    "" if attempt.records == 1 else "s",
+                    outcome,
+                    _folded(error, 40) if error else "",
+                )
+            )
+        return format_html('<ul class="attempt-list">{}</ul>', mark_safe("".join(items)))
 
     created = date_column("created_at", "Created")
     created_detail = date_column("created_at", "Created", compact=False)
@@ -805,10 +1219,6 @@ class DeliveryAdmin(EngineLogAdmin):
     def error_text(self, obj: Delivery) -> str:
         return _folded(obj.last_error, 120)
 
-    @admin.display(description="Last error")
-    def error(self, obj: Delivery) -> str:
-        return _folded(obj.last_error, 40)
-
 
 @admin.register(DeliveryAttempt)
 class DeliveryAttemptAdmin(EngineLogAdmin):
@@ -819,7 +1229,7 @@ class DeliveryAttemptAdmin(EngineLogAdmin):
     date_hierarchy = "started_at"
     ordering = ["-id"]
     show_full_result_count = False
-    paginator = EstimatedCountPaginator
+    paginator = LogPaginator
     list_per_page = 100
     fields = [
         "connection",

@@ -34,10 +34,11 @@ from audiences.identities import IdentitiesField
 from audiences.models import Audience, Membership
 
 from . import firehose
-from .alerts import alert_raise
-from .models import Connection, Delivery, DeliveryAttempt, DrainLease
+from .alerts import alert_raise, alerts_resolve_on_delivery
+from .models import Connection, Delivery, DeliveryAttempt, DeliveryFailure, DrainLease
 from .records import audience_deleted_record, identities_forwarded, membership_record
 from .services import connection_credentials, connection_kick, deliveries_insert_lock
+from .stats import stats_record
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class DrainReport:
     skipped: int = 0
     more_work: bool = False
     leased: bool = True
+    alerts_resolved: bool = False  # checked once per drain, at its first batch delivered in full
 
 
 class Pending(NamedTuple):
@@ -87,6 +89,7 @@ class Pending(NamedTuple):
     change_identities: dict | None
     change_previous_identities: dict | None
     user_identities: dict | None
+    created_at: datetime
 
 
 PENDING_FIELDS = (
@@ -99,6 +102,7 @@ PENDING_FIELDS = (
     "change__identities",
     "change__previous_identities",
     "resync_identities",
+    "created_at",
 )
 
 
@@ -300,9 +304,12 @@ def _claim_batch(connection: Connection, shard: int, claimed_through: int, repor
     if skipped:
         Delivery.objects.filter(pk__in=skipped).update(status=Delivery.Status.SKIPPED, delivered_at=timezone.now())
         report.skipped += len(skipped)
-        if anonymous_skipped:
+        skipped_ids = set(skipped)
+        resync_skipped = sum(1 for delivery in candidates if delivery.pk in skipped_ids and _is_resync(delivery))
+        if anonymous_skipped or resync_skipped:
             Connection.objects.filter(pk=connection.pk).update(
-                anonymous_skipped_count=F("anonymous_skipped_count") + anonymous_skipped
+                anonymous_skipped_count=F("anonymous_skipped_count") + anonymous_skipped,
+                resync_sent=F("resync_sent") + resync_skipped,
             )
     if too_large:
         _fail_oversized(connection, too_large, report)
@@ -351,11 +358,18 @@ def _record_for(
     )
 
 
+def _is_resync(delivery: Pending) -> bool:
+    return delivery.kind == Delivery.Kind.RESYNC
+
+
 def _fail_oversized(connection: Connection, deliveries: list[Pending], report: DrainReport) -> None:
     message = f"{len(deliveries)} record(s) over the 1,000 KiB Firehose limit were not sent."
     Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(status=Delivery.Status.FAILED, last_error=message)
     Connection.objects.filter(pk=connection.pk).update(
-        failed_count=F("failed_count") + len(deliveries), last_error=message, last_error_at=timezone.now()
+        failed_count=F("failed_count") + len(deliveries),
+        resync_sent=F("resync_sent") + sum(1 for delivery in deliveries if _is_resync(delivery)),
+        last_error=message,
+        last_error_at=timezone.now(),
     )
     alert_raise(connection=connection, type=firehose.ALERT_RECORD_TOO_LARGE, message=message)
     report.failed += len(deliveries)
@@ -454,7 +468,7 @@ def _send_batch(connection: Connection, batch: Batch, report: DrainReport) -> bo
             attempt = _attempt(connection, "PutRecordBatch", batch, started, clock, error=error)
             if error.is_access_denied:
                 return _send_one_by_one(connection, batch, report, credentials, batch_denied=error)
-            _request_failed(connection, batch.deliveries, attempt, error, report)
+            _request_failed(connection, batch.deliveries, attempt, error, report, sample=batch.records[0])
             return False
         _with_database_retry(_record_accepted, connection, "PutRecordBatch", batch, started, clock, failures, report)
         return not failures
@@ -476,7 +490,7 @@ def _send_one_by_one(
             firehose.put_record(credentials, connection.stream_name, record)
         except firehose.FirehoseError as error:
             attempt = _attempt(connection, "PutRecord", single, started, clock, error=error)
-            _request_failed(connection, batch.deliveries[position:], attempt, error, report)
+            _request_failed(connection, batch.deliveries[position:], attempt, error, report, sample=record)
             return False
         _with_database_retry(_record_accepted, connection, "PutRecord", single, started, clock, [], report)
         if batch_denied is not None:
@@ -502,7 +516,7 @@ def _record_accepted(
     report: DrainReport,
 ) -> None:
     attempt = _attempt(connection, operation, batch, started, clock, failures=failures)
-    _settle(connection, batch.deliveries, attempt, failures, report)
+    _settle(connection, batch, attempt, failures, report)
 
 
 def _with_database_retry(write: Callable[..., None], *args: object) -> None:
@@ -553,16 +567,19 @@ def _attempt(
 
 def _settle(
     connection: Connection,
-    deliveries: list[Pending],
+    batch: Batch,
     attempt: DeliveryAttempt,
     failures: list[firehose.EntryFailure],
     report: DrainReport,
 ) -> None:
     """Record a request that Firehose answered: delivered entries are done, failed entries stay pending."""
     now = timezone.now()
+    deliveries = batch.deliveries
     failed_ids = {deliveries[failure.index].pk for failure in failures}
-    delivered_ids = [delivery.pk for delivery in deliveries if delivery.pk not in failed_ids]
-    with transaction.atomic():
+    delivered = [delivery for delivery in deliveries if delivery.pk not in failed_ids]
+    delivered_ids = [delivery.pk for delivery in delivered]
+    # No savepoint: the drain never runs inside another transaction, and a failure here is retried whole.
+    with transaction.atomic(savepoint=False):
         if delivered_ids:
             Delivery.objects.filter(pk__any=delivered_ids).update(
                 status=Delivery.Status.DELIVERED,
@@ -574,6 +591,9 @@ def _settle(
         updates: dict = {"delivered_count": F("delivered_count") + len(delivered_ids)}
         if delivered_ids:
             updates.update(last_delivered_at=now, consecutive_failures=0, next_attempt_at=None)
+            resync_sent = sum(1 for delivery in delivered if _is_resync(delivery))
+            if resync_sent:
+                updates.update(resync_sent=F("resync_sent") + resync_sent)
         throttled = any(failure.code == firehose.THROTTLED for failure in failures)
         if throttled:
             updates.update(_send_rate_decreased(now))
@@ -590,6 +610,7 @@ def _settle(
             Delivery.objects.filter(pk__in=failed_ids).update(
                 attempts=F("attempts") + 1, last_attempt=attempt, last_error=error, next_attempt_at=retry_at
             )
+            _failures_record(attempt, {deliveries[f.index].pk: f"{f.code}: {f.message}" for f in failures})
             updates.update(
                 last_error=f"{len(failures)} of {len(deliveries)} records failed: {error}", last_error_at=now
             )
@@ -598,15 +619,41 @@ def _settle(
             elif throttled:
                 updates.update(next_attempt_at=retry_at)
         Connection.objects.filter(pk=connection.pk).update(**updates)
+        stats_record(
+            connection.pk,
+            latencies=[(now - delivery.created_at).total_seconds() for delivery in delivered],
+            failed=len(failures),
+            retried=len(failures),
+            now=now,
+        )
     report.delivered += len(delivered_ids)
+    if delivered_ids and not failures and not report.alerts_resolved:
+        report.alerts_resolved = True
+        if connection.last_error_at and (
+            connection.last_delivered_at is None or connection.last_error_at >= connection.last_delivered_at
+        ):
+            alerts_resolve_on_delivery(connection_id=connection.pk)
     if failures:
         alert_raise(
             connection=connection,
             type=firehose.ALERT_INTERNAL_SERVER_ERROR,
             message=f"{len(failures)} of {len(deliveries)} records failed: {failures[0].code}: {failures[0].message}",
+            sample=batch.records[failures[0].index],
         )
         if not delivered_ids and connection.consecutive_failures + 1 > settings.FIREHOSE_RETRY_LIMIT:
-            _fault(connection, firehose.ALERT_RETRY_LIMIT_EXCEEDED, _retry_limit_message(failures[0].code))
+            _fault(
+                connection,
+                firehose.ALERT_RETRY_LIMIT_EXCEEDED,
+                _retry_limit_message(failures[0].code),
+                sample=batch.records[failures[0].index],
+            )
+
+
+def _failures_record(attempt: DeliveryAttempt, errors: dict[int, str]) -> None:
+    """Failed tries are kept per delivery (the delivery log shows them); delivered ones only as `last_attempt`."""
+    DeliveryFailure.objects.bulk_create(
+        [DeliveryFailure(delivery_id=pk, attempt=attempt, error=error[:1000]) for pk, error in errors.items()]
+    )
 
 
 def _request_failed(
@@ -615,15 +662,19 @@ def _request_failed(
     attempt: DeliveryAttempt,
     error: firehose.FirehoseError,
     report: DrainReport,
+    *,
+    sample: bytes,
 ) -> None:
     """Record a request that failed as a whole: retry later with backoff, or fault the connection."""
     now = timezone.now()
     failures = connection.consecutive_failures + 1
     retry_at = now + timedelta(seconds=backoff_seconds(failures))
+    gives_up = not error.retryable or failures > settings.FIREHOSE_RETRY_LIMIT
     with transaction.atomic():
         Delivery.objects.filter(pk__in=[delivery.pk for delivery in deliveries]).update(
             attempts=F("attempts") + 1, last_attempt=attempt, last_error=str(error), next_attempt_at=retry_at
         )
+        _failures_record(attempt, dict.fromkeys((delivery.pk for delivery in deliveries), str(error)))
         Connection.objects.filter(pk=connection.pk).update(
             consecutive_failures=failures,
             next_attempt_at=retry_at,
@@ -631,12 +682,13 @@ def _request_failed(
             last_error_at=now,
             **(_send_rate_decreased(now) if error.is_throttled else {}),
         )
+        stats_record(connection.pk, failed=len(deliveries), retried=0 if gives_up else len(deliveries), now=now)
     if error.alert and error.retryable:
-        alert_raise(connection=connection, type=error.alert, message=error.plain_words)
+        alert_raise(connection=connection, type=error.alert, message=error.plain_words, sample=sample)
     if not error.retryable:
-        _fault(connection, error.alert or firehose.ALERT_INTERNAL_SERVER_ERROR, error.plain_words)
+        _fault(connection, error.alert or firehose.ALERT_INTERNAL_SERVER_ERROR, error.plain_words, sample=sample)
     elif failures > settings.FIREHOSE_RETRY_LIMIT:
-        _fault(connection, firehose.ALERT_RETRY_LIMIT_EXCEEDED, _retry_limit_message(error.code))
+        _fault(connection, firehose.ALERT_RETRY_LIMIT_EXCEEDED, _retry_limit_message(error.code), sample=sample)
 
 
 def _send_rate_decreased(now: datetime) -> dict[str, Case]:
@@ -658,13 +710,13 @@ def _retry_limit_message(code: str) -> str:
     )
 
 
-def _fault(connection: Connection, alert: str, message: str) -> None:
+def _fault(connection: Connection, alert: str, message: str, *, sample: bytes | None = None) -> None:
     """Fault the connection, once: of several shards failing at the same time, only the first raises the alert."""
     faulted = Connection.objects.filter(pk=connection.pk, status=Connection.Status.ACTIVE).update(
         status=Connection.Status.FAULTED, last_error=message, last_error_at=timezone.now()
     )
     if faulted:
-        alert_raise(connection=connection, type=alert, message=message)
+        alert_raise(connection=connection, type=alert, message=message, sample=sample)
         logger.warning("Connection %s faulted: %s", connection.pk, alert)
 
 

@@ -1,3 +1,4 @@
+from datetime import UTC, datetime
 from functools import cached_property
 
 from django.core.validators import RegexValidator
@@ -151,6 +152,9 @@ class Connection(models.Model):
     )
     resync_total = models.PositiveBigIntegerField(default=0, editable=False)
     resync_queued = models.PositiveBigIntegerField(default=0, editable=False)
+    resync_sent = models.PositiveBigIntegerField(
+        default=0, editable=False, help_text="Records of the running resync settled so far: sent, skipped or failed."
+    )
     resync_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -335,8 +339,14 @@ class SystemAlert(models.Model):
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
     last_message = models.TextField(blank=True, default="")
+    sample_record = models.TextField(
+        blank=True, default="", help_text="A record that failed, with its identity values masked."
+    )
     acknowledged = models.BooleanField(default=False)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set when the connection delivered again; a new occurrence reopens the alert."
+    )
 
     class Meta:
         verbose_name = "system alert"
@@ -350,4 +360,93 @@ class SystemAlert(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return not self.acknowledged
+        return not self.acknowledged and self.resolved_at is None
+
+
+OPEN_ALERTS = Q(acknowledged=False, resolved_at__isnull=True)
+
+
+class AlertHourlyCount(models.Model):
+    """How often an alert happened in one hour: the System Alerts page ranks connections over a window with these."""
+
+    alert = models.ForeignKey(SystemAlert, on_delete=models.CASCADE, related_name="hourly_counts")
+    hour = models.DateTimeField()
+    count = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["alert", "hour"], name="alert_hourly_unique_alert_hour")]
+        indexes = [models.Index(fields=["hour"], name="alert_hourly_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.count} × alert #{self.alert_id} in the hour of {self.hour:%Y-%m-%d %H:00}"
+
+
+# Delivery latency (from the change's acceptance to Firehose's answer) is counted in these buckets: the upper bound in
+# seconds and the DeliveryStats field that counts the records at or under it (and over the previous bound).
+LATENCY_BUCKETS: tuple[tuple[float, str], ...] = (
+    (0.1, "latency_le_100ms"),
+    (0.25, "latency_le_250ms"),
+    (0.5, "latency_le_500ms"),
+    (1.0, "latency_le_1s"),
+    (2.5, "latency_le_2500ms"),
+    (5.0, "latency_le_5s"),
+    (10.0, "latency_le_10s"),
+    (30.0, "latency_le_30s"),
+    (60.0, "latency_le_1m"),
+    (300.0, "latency_le_5m"),
+    (1800.0, "latency_le_30m"),
+    (float("inf"), "latency_over_30m"),
+)
+# The `hour` of the row that holds a connection's totals since it was created (the Prometheus counters).
+ALL_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _latency_field(bound: float) -> models.PositiveBigIntegerField:
+    label = "over 30 minutes" if bound == float("inf") else f"at most {bound:g} s"
+    return models.PositiveBigIntegerField(default=0, help_text=f"Records delivered {label} after their change.")
+
+
+class DeliveryStats(models.Model):
+    """A connection's delivery counters for one hour, or since its creation when `hour` is ALL_TIME. Each batch adds
+    to both rows in one UPDATE; the connection page's chart and p95 read the last 24 hours, /metrics the totals."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="stats")
+    hour = models.DateTimeField()
+    delivered = models.PositiveBigIntegerField(default=0, help_text="Records Firehose accepted.")
+    failed = models.PositiveBigIntegerField(
+        default=0, help_text="Records of failed tries: entries Firehose rejected, and every record of a failed request."
+    )
+    retried = models.PositiveBigIntegerField(default=0, help_text="Failed records scheduled to be sent again.")
+    latency_sum_ms = models.PositiveBigIntegerField(default=0)
+    latency_le_100ms = _latency_field(0.1)
+    latency_le_250ms = _latency_field(0.25)
+    latency_le_500ms = _latency_field(0.5)
+    latency_le_1s = _latency_field(1.0)
+    latency_le_2500ms = _latency_field(2.5)
+    latency_le_5s = _latency_field(5.0)
+    latency_le_10s = _latency_field(10.0)
+    latency_le_30s = _latency_field(30.0)
+    latency_le_1m = _latency_field(60.0)
+    latency_le_5m = _latency_field(300.0)
+    latency_le_30m = _latency_field(1800.0)
+    latency_over_30m = _latency_field(float("inf"))
+
+    class Meta:
+        verbose_name_plural = "delivery stats"
+        constraints = [models.UniqueConstraint(fields=["connection", "hour"], name="stats_unique_connection_hour")]
+
+    def __str__(self) -> str:
+        period = "all time" if self.hour == ALL_TIME else f"{self.hour:%Y-%m-%d %H:00} UTC"
+        return f"connection #{self.connection_id}, {period}"
+
+
+class DeliveryFailure(models.Model):
+    """One failed try of one delivery, written on the failure paths only: with the delivery's last attempt, they are
+    the attempts its delivery log row shows."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="failures", db_constraint=False)
+    attempt = models.ForeignKey(DeliveryAttempt, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    error = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"delivery #{self.delivery_id} failed in attempt #{self.attempt_id}"

@@ -45,3 +45,20 @@ def audience_deleted_record(*, timestamp: int, audience_id: int, audience_name: 
         ensure_ascii=False,
     )
     return (data + "\n" if append_newline else data).encode()
+
+
+def record_masked(record: bytes) -> str:
+    """A record for an alert's sample: the identity values masked (the first two characters kept, so that an operator
+    can tell an email from a device id), everything else as sent."""
+    try:
+        data = json.loads(record)
+    except ValueError:
+        return "(not JSON)"
+    identities = data.get("UserIdentities") if isinstance(data, dict) else None
+    if isinstance(identities, dict):
+        data["UserIdentities"] = {key: _masked(str(value)) for key, value in identities.items()}
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _masked(value: str) -> str:
+    return value[:2] + "*" * min(max(len(value) - 2, 3), 12)

@@ -1,14 +1,43 @@
 """Reads for connections and alerts, shared by the admin and the API."""
 
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Case, Count, IntegerField, Max, OuterRef, QuerySet, Subquery, Sum, When
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 
-from .models import Connection, Delivery, SystemAlert
+from .models import OPEN_ALERTS, AlertHourlyCount, Connection, Delivery, DeliveryStats, SystemAlert
+from .stats import hour_of
+
+# The windows of the System Alerts page. Occurrences are counted by the hour, so a window covers its whole first hour.
+ALERT_WINDOWS: dict[str, tuple[str, timedelta]] = {
+    "1h": ("1 hour", timedelta(hours=1)),
+    "12h": ("12 hours", timedelta(hours=12)),
+    "24h": ("24 hours", timedelta(hours=24)),
+    "7d": ("7 days", timedelta(days=7)),
+}
+DEFAULT_ALERT_WINDOW = "12h"
+ALERT_RANKING_SIZE = 50
+# Admin pages count a backlog up to this many records, then say "more than": a count stays bounded however large the
+# backlog grows (the API's `backlog` is exact).
+BACKLOG_COUNT_CAP = 100_000
 
 
 def connection_backlog(connection: Connection) -> int:
     """Pending records: counted on the backlog's partial index."""
     return Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING).count()
+
+
+def connection_backlog_capped(connection_id: int) -> int:
+    """The backlog counted up to BACKLOG_COUNT_CAP + 1 rows of the backlog's partial index."""
+    pending = Delivery.objects.filter(connection_id=connection_id, status=Delivery.Status.PENDING)
+    return pending.order_by()[: BACKLOG_COUNT_CAP + 1].count()
+
+
+def deliveries_backlog_capped() -> int:
+    """Every connection's backlog, counted up to BACKLOG_COUNT_CAP + 1 rows."""
+    return Delivery.objects.filter(status=Delivery.Status.PENDING).order_by()[: BACKLOG_COUNT_CAP + 1].count()
 
 
 def connection_iam_policy(connection: Connection) -> dict:
@@ -37,19 +66,119 @@ def alerts_list(*, connection_id: int | None = None, open: bool | None = None) -
     if connection_id is not None:
         alerts = alerts.filter(connection_id=connection_id)
     if open is not None:
-        alerts = alerts.filter(acknowledged=not open)
+        alerts = alerts.filter(OPEN_ALERTS if open else ~OPEN_ALERTS)
     return alerts
 
 
 def connections_with_backlog(queryset: QuerySet[Connection] | None = None) -> QuerySet[Connection]:
-    """Connections annotated with `backlog` (pending deliveries) in the same query: one correlated count per row,
-    each on the backlog's partial index, instead of one query per connection."""
+    """Connections annotated with `backlog` (pending deliveries, up to BACKLOG_COUNT_CAP + 1) in the same query: one
+    correlated, bounded count per row on the backlog's partial index, instead of one query per connection."""
     queryset = Connection.objects.all() if queryset is None else queryset
-    pending = (
-        Delivery.objects.filter(connection=OuterRef("pk"), status=Delivery.Status.PENDING)
+    deliveries, connections = Delivery._meta.db_table, Connection._meta.db_table
+    pending = RawSQL(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {deliveries} pending WHERE pending.connection_id = {connections}.id "
+        f"AND pending.status = %s LIMIT %s) capped",
+        (Delivery.Status.PENDING.value, BACKLOG_COUNT_CAP + 1),
+        output_field=IntegerField(),
+    )
+    return queryset.annotate(backlog=pending)
+
+
+def alerts_with_window_count(queryset: QuerySet[SystemAlert], *, since: datetime) -> QuerySet[SystemAlert]:
+    """Alerts annotated with `window_count`: their occurrences in the hours from `since` on."""
+    occurrences = (
+        AlertHourlyCount.objects.filter(alert=OuterRef("pk"), hour__gte=hour_of(since))
+        .order_by()
+        .values("alert")
+        .annotate(total=Sum("count"))
+        .values("total")
+    )
+    return queryset.annotate(window_count=Coalesce(Subquery(occurrences), 0))
+
+
+def alert_ranking(*, since: datetime, limit: int = ALERT_RANKING_SIZE) -> list[dict[str, Any]]:
+    """Connections ranked by alert volume since `since` (by the hour), with their open alerts and latest alert:
+    two queries over the hourly counts and the alert rows, whatever the number of deliveries."""
+    rows = list(
+        AlertHourlyCount.objects.filter(hour__gte=hour_of(since))
+        .values("alert__connection")
+        .annotate(occurrences=Sum("count"), last_hour=Max("hour"))
+        .order_by("-occurrences", "-last_hour")[:limit]
+    )
+    ids = [row["alert__connection"] for row in rows]
+    connections = Connection.objects.select_related("audience").in_bulk(ids)
+    latest: dict[int, SystemAlert] = {}
+    open_counts: dict[int, int] = {}
+    for alert in SystemAlert.objects.filter(connection_id__in=ids).order_by("last_seen"):
+        latest[alert.connection_id] = alert
+        open_counts[alert.connection_id] = open_counts.get(alert.connection_id, 0) + alert.is_open
+    return [
+        {
+            "connection": connections[row["alert__connection"]],
+            "occurrences": row["occurrences"],
+            "open": open_counts.get(row["alert__connection"], 0),
+            "latest": latest.get(row["alert__connection"]),
+        }
+        for row in rows
+        if row["alert__connection"] in connections
+    ]
+
+
+def open_alert_count() -> int:
+    return SystemAlert.objects.filter(OPEN_ALERTS).count()
+
+
+def resync_progress(connection: Connection) -> dict[str, Any]:
+    """Where the connection's last resync stands: `idle` (never asked), `running` (members still being queued or
+    records still to send) or `done`; with the counts of members queued, records sent and remaining."""
+    queued, total = connection.resync_queued, connection.resync_total
+    sent = min(connection.resync_sent, queued)
+    remaining = max(total if connection.resync_running else queued, queued) - sent
+    if connection.resync_requested_at is None:
+        state = "idle"
+    elif connection.resync_running or sent < queued:
+        state = "running"
+    else:
+        state = "done"
+    if state == "idle":
+        text = "Never run."
+    elif state == "done":
+        text = f"Done: {sent:,} of {queued:,} records sent."
+    else:
+        text = f"Queued {queued:,} of {total:,} members · sent {sent:,} · remaining {remaining:,}"
+        if connection.status != Connection.Status.ACTIVE:
+            text += f" (the connection is {connection.status}: nothing is sent until it is resumed)"
+    return {
+        "state": state,
+        "total": total,
+        "queued": queued,
+        "sent": sent,
+        "remaining": remaining,
+        "text": text,
+        "requested_at": connection.resync_requested_at.isoformat() if connection.resync_requested_at else None,
+    }
+
+
+def connections_worst_first(*, since: datetime, limit: int = 5) -> list[Connection]:
+    """The connections that most need a look, in one query: faulted first, then by open alerts, records failed since
+    `since` and backlog (each a bounded subquery: the alert rows, the hourly stats, a capped count)."""
+    open_alerts = (
+        SystemAlert.objects.filter(OPEN_ALERTS, connection=OuterRef("pk"))
         .order_by()
         .values("connection")
         .annotate(count=Count("pk"))
         .values("count")
     )
-    return queryset.annotate(backlog=Coalesce(Subquery(pending), 0))
+    failed = (
+        DeliveryStats.objects.filter(connection=OuterRef("pk"), hour__gte=hour_of(since))
+        .order_by()
+        .values("connection")
+        .annotate(total=Sum("failed"))
+        .values("total")
+    )
+    connections = connections_with_backlog(Connection.objects.select_related("audience")).annotate(
+        open_alerts=Coalesce(Subquery(open_alerts), 0),
+        failed_recently=Coalesce(Subquery(failed), 0),
+        faulted_first=Case(When(status=Connection.Status.FAULTED, then=0), default=1),
+    )
+    return list(connections.order_by("faulted_first", "-open_alerts", "-failed_recently", "-backlog", "pk")[:limit])

@@ -12,12 +12,14 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection as db_connection
 from django.db import transaction
+from django.db.models import F, Min
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from audiences.models import Audience, Membership, MembershipChange
 
 from . import firehose
-from .models import Configuration, Connection, Delivery
+from .models import Configuration, Connection, Delivery, DrainLease
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +284,7 @@ def connection_resync(*, connection: Connection) -> Connection:
         resync_until=last_membership or 0,
         resync_total=audience.member_count,
         resync_queued=0,
+        resync_sent=0,
         resync_requested_at=now,
     )
     connection.refresh_from_db()
@@ -345,3 +348,30 @@ def connection_test(*, connection: Connection) -> ConnectionTestResult:
             error=f"The delivery stream is {stream.status}, not ACTIVE: it cannot accept records yet.",
         )
     return ConnectionTestResult(ok=True, stream_status=stream.status, stream_arn=stream.arn)
+
+
+def deliveries_retry_failed(*, connection: Connection, delivery_ids: Sequence[int] | None = None) -> int:
+    """Queue the connection's failed deliveries again (all of them, or these), like Svix's Recover Failed: they are
+    sent with the connection's current settings, after the records of their users delivered meanwhile. Returns how
+    many were queued.
+
+    Claims start after each shard's `claimed_through`, so it is moved back before the oldest requeued delivery; the
+    shards' leases are released with it, so that a drain running now stops at its next renewal instead of writing
+    its own, later `claimed_through` back (the batch it has in flight may then be sent twice, never lost)."""
+    with transaction.atomic():
+        failed = Delivery.objects.filter(connection=connection, status=Delivery.Status.FAILED)
+        if delivery_ids is not None:
+            failed = failed.filter(pk__in=list(delivery_ids))
+        oldest = failed.values("shard").annotate(first=Min("pk")).order_by()
+        for row in oldest:
+            rewound = DrainLease.objects.filter(connection=connection, shard=row["shard"]).update(
+                claimed_through=Least(F("claimed_through"), row["first"] - 1), token="", expires_at=None
+            )
+            if not rewound:
+                DrainLease.objects.get_or_create(connection=connection, shard=row["shard"])
+        queued = failed.update(
+            status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), last_error="", delivered_at=None
+        )
+    if queued and connection.status == Connection.Status.ACTIVE:
+        connections_kick_on_commit([connection.pk])
+    return queued

@@ -1,9 +1,24 @@
-from django.http import HttpRequest, JsonResponse
+import hmac
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .health import health_check
+from .metrics import metrics_registry
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """200 when the database and Redis answer and a worker ran the sweep recently, else 503; no authentication."""
     health = health_check()
     return JsonResponse(health, status=200 if health["ok"] else 503)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics. With METRICS_TOKEN set, the scraper must send `Authorization: Bearer <token>`."""
+    token = settings.METRICS_TOKEN
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.encode()):
+            return HttpResponse("A bearer token is required (METRICS_TOKEN).\n", status=401, content_type="text/plain")
+    return HttpResponse(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)

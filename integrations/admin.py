@@ -164,39 +164,33 @@ def delivery_chart_svg(day: ConnectionDay) -> str:
     no script, no request of its own. Each bar's tooltip gives the hour and the numbers."""
     slot = CHART_WIDTH / len(day.points)
     plot = CHART_HEIGHT - CHART_TOP - 14
+    base = CHART_TOP + plot
     peak = max([point.delivered + point.failed for point in day.points] + [1])
-    bars = []
+    parts = []
     for index, point in enumerate(day.points):
-        x = index * slot + 1
-        delivered_height = plot * point.delivered / peak
-        failed_height = plot * point.failed / peak
-        base = CHART_TOP + plot
-        tip = f"{point.hour:%H}:00 UTC: {point.delivered:,} delivered, {point.failed:,} failed"
-        bars.append(
+        x = f"{index * slot + 1:.1f}"
+        delivered = plot * point.delivered / peak
+        failed = plot * point.failed / peak
+        parts.append(
             format_html(
-                '<g><title>{}</title><rect class="delivered" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}"/>'
-                '<rect class="failed" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}"/></g>',
-                tip,
-                x,
-                base - delivered_height,
-                slot - 2,
-                delivered_height,
-                x,
-                base - delivered_height - failed_height,
-                slot - 2,
-                failed_height,
+                '<g><title>{}</title><rect class="delivered" x="{}" y="{}" width="{}" height="{}"/>'
+                '<rect class="failed" x="{}" y="{}" width="{}" height="{}"/></g>',
+                f"{point.hour:%H}:00 UTC: {point.delivered:,} delivered, {point.failed:,} failed",
+                x, f"{base - delivered:.1f}", f"{slot - 2:.1f}", f"{delivered:.1f}",
+                x, f"{base - delivered - failed:.1f}", f"{slot - 2:.1f}", f"{failed:.1f}",
             )  # fmt: skip
         )
         if index % 6 == 0:
-            bars.append(format_html('<text x="{:.1f}" y="{}">{}:00</text>', x, CHART_HEIGHT - 2, f"{point.hour:%H}"))
+            parts.append(format_html('<text x="{}" y="{}">{}:00</text>', x, CHART_HEIGHT - 2, f"{point.hour:%H}"))
+    parts.append(format_html('<text x="{}" y="{}">now</text>', CHART_WIDTH - 22, CHART_HEIGHT - 2))
     return format_html(
         '<svg class="delivery-chart" role="img" aria-label="{}" width="{}" height="{}" viewBox="0 0 {} {}">'
-        '<line x1="0" y1="{}" x2="{}" y2="{}"/><text x="0" y="10">{} per hour (peak)</text>{}</svg>',
+        '<line x1="0" y1="{}" x2="{}" y2="{}"/><text x="0" y="10">peak: {} records in an hour (UTC)</text>{}</svg>',
         f"Delivered and failed records per hour, last 24 hours: {day.delivered:,} delivered, {day.failed:,} failed",
         CHART_WIDTH, CHART_HEIGHT, CHART_WIDTH, CHART_HEIGHT,
-        CHART_TOP + plot, CHART_WIDTH, CHART_TOP + plot,
+        f"{base:.1f}", CHART_WIDTH, f"{base:.1f}",
         f"{peak:,}",
-        mark_safe("".join(bars)),
+        mark_safe("".join(parts)),
     )  # fmt: skip
 
 

@@ -176,8 +176,14 @@ def delivery_chart_svg(day: ConnectionDay) -> str:
                 '<g><title>{}</title><rect class="delivered" x="{}" y="{}" width="{}" height="{}"/>'
                 '<rect class="failed" x="{}" y="{}" width="{}" height="{}"/></g>',
                 f"{point.hour:%H}:00 UTC: {point.delivered:,} delivered, {point.failed:,} failed",
-                x, f"{base - delivered:.1f}", f"{slot - 2:.1f}", f"{delivered:.1f}",
-                x, f"{base - delivered - failed:.1f}", f"{slot - 2:.1f}", f"{failed:.1f}",
+                x,
+                f"{base - delivered:.1f}",
+                f"{slot - 2:.1f}",
+                f"{delivered:.1f}",
+                x,
+                f"{base - delivered - failed:.1f}",
+                f"{slot - 2:.1f}",
+                f"{failed:.1f}",
             )  # fmt: skip
         )
         if index % 6 == 0:
@@ -708,7 +714,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         )
         return format_html("{}{}", summary, delivery_chart_svg(day))
 
-    @admin.display(description="p95 delivery latency (24 h)")
+    @admin.display(description="Delivery latency, p95 (24 h)")
     def latency_p95(self, obj: Connection) -> str:
         p95 = self._day(obj).p95_latency_seconds
         if p95 is None:
@@ -743,8 +749,8 @@ class ConnectionAdmin(admin.ModelAdmin):
     @admin.display(description="IAM policy")
     def iam_policy(self, obj: Connection) -> str:
         return format_html(
-            '<div class="iam-policy"><button type="button" class="copy-button" data-copy-target="iam-policy-json">'
-            'Copy</button><pre id="iam-policy-json">{}</pre></div>',
+            '<div class="iam-policy"><button type="button" class="button copy-button" '
+            'data-copy-target="iam-policy-json">Copy</button><pre id="iam-policy-json">{}</pre></div>',
             json.dumps(connection_iam_policy(obj), indent=2),
         )
 
@@ -898,17 +904,7 @@ class SystemAlertAdmin(EngineLogAdmin):
     """System Alerts: connections ranked by alert volume over a window (above the list), and one row per connection
     and alert type, which the connection filter turns into that connection's drill-down."""
 
-    list_display = [
-        "open_badge",
-        "type",
-        "connection_link",
-        "window_count",
-        "count",
-        "first_seen_column",
-        "last_seen_column",
-        "message",
-        "sample",
-    ]
+    list_display = ["open_badge", "type", "connection_link", "window_count", "count", "last_seen_column", "message"]
     list_display_links = ["type"]
     list_filter = [AlertWindowFilter, OpenAlertFilter, ("connection", ConnectionListFilter), "type"]
     list_select_related = ["connection__audience"]
@@ -925,6 +921,13 @@ class SystemAlertAdmin(EngineLogAdmin):
         "acknowledged_at_detail",
         "resolved_at_detail",
     ]
+
+    def get_list_display(self, request: HttpRequest):
+        """A connection's drill-down drops the connection column for first seen and the sample record."""
+        if "connection__id__exact" in request.GET:
+            return ["open_badge", "type", "window_count", "count", "first_seen_column", "last_seen_column", "message",
+                    "sample"]  # fmt: skip
+        return self.list_display
 
     def get_urls(self):
         name = f"{self.opts.app_label}_{self.opts.model_name}_acknowledge_all"
@@ -1108,6 +1111,15 @@ class DeliveryAdmin(EngineLogAdmin):
         "delivered_detail",
     ]
 
+    def changelist_view(self, request, extra_context=None):
+        return super().changelist_view(request, {"title": "Delivery log", **(extra_context or {})})
+
+    def get_list_display(self, request: HttpRequest):
+        """One connection's log (the connection filter) has no connection column."""
+        if "connection__id__exact" in request.GET:
+            return [name for name in self.list_display if name != "connection_link"]
+        return self.list_display
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
         failures = DeliveryFailure.objects.select_related("attempt").order_by("pk")
         return super().get_queryset(request).prefetch_related(Prefetch("failures", queryset=failures))
@@ -1156,14 +1168,16 @@ class DeliveryAdmin(EngineLogAdmin):
                 outcome = badge(attempt.get_outcome_display(), OUTCOME_TONES.get(attempt.outcome, "muted"))
             items.append(
                 format_html(
-                    '<li><span title="{}">{}</span> · {} ms · {} record{} {} {}</li>',
-                    relative_text(attempt.started_at),
+                    '<li>{} <span class="nowrap" title="{} ({})">{}</span> <span class="nowrap quiet">{} ms · {} '
+                    "record{}</span> {}</li>",
+                    outcome,
                     utc_text(attempt.started_at),
+                    relative_text(attempt.started_at),
+                    f"{attempt.started_at.astimezone(UTC):%H:%M:%S}",
                     attempt.duration_ms,
                     attempt.records,
                     "" if attempt.records == 1 else "s",
-                    outcome,
-                    _folded(error, 40) if error else "",
+                    _folded(error, 32) if error else "",
                 )
             )
         return format_html('<ul class="attempt-list">{}</ul>', mark_safe("".join(items)))

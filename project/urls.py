@@ -8,6 +8,8 @@ from integrations.views import healthz, metrics
 admin.site.site_header = "Firehose Audience Forwarder"
 admin.site.site_title = "Firehose Audience Forwarder"
 admin.site.index_title = "Audiences, connections and System Alerts"
+# The lists (delivery log, System Alerts) need the width on a laptop screen more than a second menu does.
+admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),

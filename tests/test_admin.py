@@ -357,7 +357,7 @@ def test_the_change_page_shows_the_filled_in_iam_policy_and_status(admin_client,
     page = admin_client.get(url("integrations_connection_change", active_connection.pk)).text
 
     assert '<pre id="iam-policy-json">{' in page
-    assert 'class="copy-button" data-copy-target="iam-policy-json"' in page
+    assert 'class="button copy-button" data-copy-target="iam-policy-json"' in page
     assert "firehose:PutRecordBatch" in page
     assert "arn:aws:firehose:us-east-1:{account-id}:deliverystream/audience-stream" in page
     assert 'id="resync-progress" data-state="running"' in page

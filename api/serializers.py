@@ -324,9 +324,11 @@ class AlertSerializer(serializers.ModelSerializer):
             "first_seen",
             "last_seen",
             "last_message",
+            "sample_record",
             "open",
             "acknowledged",
             "acknowledged_at",
+            "resolved_at",
         ]
 
 

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from api.models import ApiKey
 from api.services import api_key_create
 from audiences.models import Audience, Membership, MembershipChange, User
-from integrations.alerts import alert_raise
+from integrations.alerts import alert_raise, alerts_resolve_on_delivery
 from integrations.models import Configuration, Connection, Delivery, SystemAlert
 
 from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, drain
@@ -389,6 +389,12 @@ def test_alerts_are_listed_and_filtered(api, connection):
     body = api.get(f"/api/v1/alerts?connection={connection.pk}&open=true").json()
     assert [(alert["type"], alert["count"], alert["open"]) for alert in body] == [("Stream Not Found", 2, True)]
     assert len(api.get("/api/v1/alerts").json()) == 2
+    alerts_resolve_on_delivery(connection_id=connection.pk)  # the connection delivered again
+    resolved = api.get(f"/api/v1/alerts?connection={connection.pk}&open=false").json()
+    assert sorted((alert["type"], alert["open"], alert["resolved_at"] is not None) for alert in resolved) == [
+        ("Access Denied", False, False),
+        ("Stream Not Found", False, True),
+    ]
     assert fields(api.get("/api/v1/alerts?open=maybe")) == ["open"]
     assert fields(api.get("/api/v1/alerts?connection=x")) == ["connection"]
 

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.requirements-installed
 RUN_ENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONUNBUFFERED=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate records test test-fast faults bench lint format
+.PHONY: help install run migrate records test test-fast faults browser screenshots bench lint format
 
 help:
 	@echo "make run      install, migrate, then start the web admin, the Celery worker and beat, and a local"
@@ -16,6 +16,9 @@ help:
 	@echo "make test     the whole test suite (PostgreSQL when DATABASE_URL points at it, SQLite otherwise)"
 	@echo "make test-fast  the suite without tests/faults (the fault scenarios take about 4 minutes)"
 	@echo "make faults   only the fault scenarios: a whole deployment under crashes and outages"
+	@echo "make browser  only the browser tests: an operator's day in headless Chromium against a whole deployment"
+	@echo "              (screenshots of every step in var/screenshots/steps)"
+	@echo "make screenshots  the browser tests, refreshing the README's screenshots in docs/screenshots"
 	@echo "make bench    the throughput and resync benchmark (its own PostgreSQL, Redis, gunicorn, workers, emulator)"
 	@echo "make lint     ruff check and ruff format --check"
 	@echo "make records  print the records the demo stream delivered to the emulated S3 bucket"
@@ -70,6 +73,12 @@ test-fast: $(STAMP) | var
 
 faults: $(STAMP) | var
 	$(RUN_ENV) $(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+browser: $(STAMP) | var
+	$(RUN_ENV) $(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+screenshots: $(STAMP) | var
+	$(RUN_ENV) SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 bench: $(STAMP) | var
 	$(RUN_ENV) $(PY) bench/run.py $(BENCH_ARGS)

@@ -237,6 +237,14 @@ class Cluster:
         )
         return result.stdout.strip()
 
+    def create_superuser(self, username: str, password: str) -> None:
+        """An admin login (Django's createsuperuser, its password taken from the environment)."""
+        subprocess.run(
+            [sys.executable, "manage.py", "createsuperuser", "--no-input", "--username", username, "--email",
+             f"{username}@example.com"],
+            cwd=BASE_DIR, env={**self.env, "DJANGO_SUPERUSER_PASSWORD": password}, check=True, capture_output=True,
+        )  # fmt: skip
+
     def start_web(self) -> None:
         self.web = Process(
             "web",

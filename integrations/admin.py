@@ -556,7 +556,8 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     def progress_view(self, request: HttpRequest, object_id: str) -> JsonResponse:
         """The resync progress as JSON, for the connection page's script (integrations/connection.js)."""
-        connection = self.get_object(request, unquote(object_id))
+        object_id = unquote(object_id)
+        connection = Connection.objects.filter(pk=object_id).first() if object_id.isdigit() else None
         if connection is None or not self.has_view_or_change_permission(request, connection):
             raise Http404
         return JsonResponse(resync_progress(connection))

@@ -26,7 +26,15 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection as db_connection
 from django.db.models import Count, F, Max, Prefetch, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -975,7 +983,9 @@ class SystemAlertAdmin(EngineLogAdmin):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         connection_id = request.POST.get("connection", "")
-        count = alerts_acknowledge_all(connection_id=int(connection_id) if connection_id.isdigit() else None)
+        if connection_id and not connection_id.isdigit():
+            return HttpResponseBadRequest("connection: expected a connection id.")
+        count = alerts_acknowledge_all(connection_id=int(connection_id) if connection_id else None)
         self.message_user(request, f"Acknowledged {_plural(count, 'alert')}.", messages.SUCCESS)
         back = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
         if connection_id.isdigit():

@@ -74,7 +74,6 @@ class DrainReport:
     skipped: int = 0
     more_work: bool = False
     leased: bool = True
-    alerts_resolved: bool = False  # checked once per drain, at its first batch delivered in full
 
 
 class Pending(NamedTuple):
@@ -619,19 +618,19 @@ def _settle(
             elif throttled:
                 updates.update(next_attempt_at=retry_at)
         Connection.objects.filter(pk=connection.pk).update(**updates)
+        gives_up = not delivered_ids and connection.consecutive_failures + 1 > settings.FIREHOSE_RETRY_LIMIT
         stats_record(
             connection.pk,
             latencies=[(now - delivery.created_at).total_seconds() for delivery in delivered],
             failed=len(failures),
-            retried=len(failures),
+            retried=0 if gives_up else len(failures),
             now=now,
         )
     report.delivered += len(delivered_ids)
-    if delivered_ids and not failures and not report.alerts_resolved:
-        report.alerts_resolved = True
-        if connection.last_error_at and (
-            connection.last_delivered_at is None or connection.last_error_at >= connection.last_delivered_at
-        ):
+    # A batch delivered in full after an error (as the connection read before it says): the alerts about reaching the
+    # stream resolve themselves.
+    if delivered_ids and not failures and connection.last_error_at:
+        if connection.last_delivered_at is None or connection.last_error_at >= connection.last_delivered_at:
             alerts_resolve_on_delivery(connection_id=connection.pk)
     if failures:
         alert_raise(
@@ -640,7 +639,7 @@ def _settle(
             message=f"{len(failures)} of {len(deliveries)} records failed: {failures[0].code}: {failures[0].message}",
             sample=batch.records[failures[0].index],
         )
-        if not delivered_ids and connection.consecutive_failures + 1 > settings.FIREHOSE_RETRY_LIMIT:
+        if gives_up:
             _fault(
                 connection,
                 firehose.ALERT_RETRY_LIMIT_EXCEEDED,

@@ -18,7 +18,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus metrics. With METRICS_TOKEN set, the scraper must send `Authorization: Bearer <token>`."""
     token = settings.METRICS_TOKEN
     if token:
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(sent.encode(), token.encode()):
+        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
             return HttpResponse("A bearer token is required (METRICS_TOKEN).\n", status=401, content_type="text/plain")
     return HttpResponse(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -619,7 +619,8 @@ def test_the_resync_progress_goes_from_idle_to_running_to_done(admin_client, mak
 
     connection_resume(connection=connection)
     calls: list[list[bytes]] = []
-    with firehose_behaviour(monkeypatch, batch=fail_entries([{0, 1, 2}], calls)):
+    # Every call of this drain fails (the backoff is 50 ms here: the drain may get to try again before it ends).
+    with firehose_behaviour(monkeypatch, batch=fail_entries([{0, 1, 2}] * 3, calls)):
         connection_drain(connection.pk, 0)  # queues the members, then the batch fails and backs off
     queued = progress(admin_client, connection)
     assert (queued["state"], queued["queued"], queued["sent"], queued["remaining"]) == ("running", 3, 0, 3)

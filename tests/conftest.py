@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import connection as db_connection
 from django.utils import timezone
 from moto import mock_aws
 from rest_framework.test import APIClient
@@ -112,3 +116,14 @@ def api(api_key: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
     return client
+
+
+@pytest.fixture
+def role_groups(db: None) -> None:
+    """The Operators and Viewers groups come from a migration; a transactional test elsewhere may have flushed them,
+    so make them again then."""
+    if Group.objects.filter(name__in=["Operators", "Viewers"]).count() < 2:
+        from django.apps import apps
+
+        migration = importlib.import_module("integrations.migrations.0003_roles_groups")
+        migration.create_groups(apps, SimpleNamespace(connection=db_connection))

@@ -12,11 +12,9 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
 from django.contrib.auth.models import User as StaffUser
-from django.contrib.messages import get_messages
 from django.db import connection as db_connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from moto import mock_aws
@@ -30,24 +28,13 @@ from integrations.alerts import alert_raise
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
 from integrations.services import configuration_create, connection_create, connection_pause
 
+from .admin_pages import messages_of, result_rows, url
+
 pytestmark = pytest.mark.django_db
 
 ACCESS_KEY_ID = "AKIAADMINTEST0000001"
 SECRET = "s3cr3t/Admin+Key+NeverShown0123456789abcd"
 OTHER_SECRET = "an0ther/Secret+Key+AlsoNeverShown987654321"
-
-
-def url(name: str, *args: object) -> str:
-    return reverse(f"admin:{name}", args=args)
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-def result_rows(page: str) -> str:
-    """The changelist's table of results, without the filters beside it."""
-    return page.split('id="result_list"')[1].split("</table>")[0]
 
 
 def run_action(client, changelist: str, action: str, objects, **extra: str):

@@ -5,21 +5,17 @@ services and admin pages against the database and moto; nothing of ours is mocke
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.models import User as StaffUser
-from django.contrib.messages import get_messages
 from django.db import connection as db_connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
 from django.utils import timezone
 
 from audiences.models import Audience, User
@@ -40,36 +36,15 @@ from integrations.selectors import alert_ranking, resync_progress
 from integrations.services import connection_create, connection_pause, connection_resume, connection_resync
 from integrations.stats import hour_of
 
+from .admin_pages import messages_of, result_rows, url
 from .conftest import apply, drain, join
 from .emulator import fail_entries, firehose_behaviour, throttle_first
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("role_groups")]
 
 PASSWORD = "correct horse battery staple"
 EMAIL = "passepartout@travelers.com"
 CUSTOMER_ID = "cust-0001-passepartout"
-
-
-@pytest.fixture(autouse=True)
-def role_groups() -> None:
-    """The Operators and Viewers groups come from a migration; a transactional test elsewhere may have flushed them."""
-    if Group.objects.filter(name__in=["Operators", "Viewers"]).count() < 2:
-        from django.apps import apps
-
-        migration = importlib.import_module("integrations.migrations.0003_roles_groups")
-        migration.create_groups(apps, SimpleNamespace(connection=db_connection))
-
-
-def url(name: str, *args: object) -> str:
-    return reverse(f"admin:{name}", args=args)
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-def result_rows(page: str) -> str:
-    return page.split('id="result_list"')[1].split("</table>")[0]
 
 
 def row_of(page: str, pk: int) -> str:

@@ -12,11 +12,9 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.models import User as StaffUser
-from django.contrib.messages import get_messages
 from django.db import connection as db_connection
 from django.db.migrations.loader import MigrationLoader
 from django.test import Client
-from django.urls import reverse
 
 from api.models import ApiKey
 from api.services import api_key_create
@@ -25,9 +23,10 @@ from integrations.alerts import alert_raise
 from integrations.models import Configuration, Connection, Delivery, SystemAlert
 from integrations.services import connection_pause
 
+from .admin_pages import messages_of, url
 from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("role_groups")]
 
 PASSWORD = "correct horse battery staple"
 MIGRATION = ("integrations", "0003_roles_groups")
@@ -42,24 +41,6 @@ VIEW = {
     "integrations.view_systemalert",
 }
 OPERATE = {"integrations.operate_connection", "integrations.acknowledge_systemalert"}
-
-
-@pytest.fixture(autouse=True)
-def role_groups() -> None:
-    """The groups exist from the migration; a transactional test elsewhere flushes them, so make them again then."""
-    if Group.objects.filter(name__in=["Operators", "Viewers"]).count() < 2:
-        from django.apps import apps
-
-        migration = importlib.import_module("integrations.migrations.0003_roles_groups")
-        migration.create_groups(apps, SimpleNamespace(connection=db_connection))
-
-
-def url(name: str, *args: object) -> str:
-    return reverse(f"admin:{name}", args=args)
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def run_action(client: Client, changelist: str, action: str, objects, **extra: str):

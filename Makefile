@@ -8,7 +8,7 @@ STAMP := $(VENV)/.requirements-installed
 RUN_ENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONUNBUFFERED=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate records test test-fast faults browser screenshots bench lint format
+.PHONY: help install run migrate records test test-fast faults browser screenshots bench bench-admin lint format
 
 help:
 	@echo "make run      install, migrate, then start the web admin, the Celery worker and beat, and a local"
@@ -20,6 +20,7 @@ help:
 	@echo "              (screenshots of every step in var/screenshots/steps)"
 	@echo "make screenshots  the browser tests, refreshing the README's screenshots in docs/screenshots"
 	@echo "make bench    the throughput and resync benchmark (its own PostgreSQL, Redis, gunicorn, workers, emulator)"
+	@echo "make bench-admin  every operator page timed against 1,000,000 members and 10,000,000 deliveries"
 	@echo "make lint     ruff check and ruff format --check"
 	@echo "make records  print the records the demo stream delivered to the emulated S3 bucket"
 
@@ -82,6 +83,9 @@ screenshots: $(STAMP) | var
 
 bench: $(STAMP) | var
 	$(RUN_ENV) $(PY) bench/run.py $(BENCH_ARGS)
+
+bench-admin: $(STAMP) | var
+	$(RUN_ENV) $(PY) bench/admin_scale.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

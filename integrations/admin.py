@@ -715,8 +715,8 @@ class ConnectionAdmin(admin.ModelAdmin):
         day = self._day(obj)
         summary = format_html(
             '<div class="chart-legend"><span><span class="swatch delivered-swatch" style="background:#2e7d32">'
-            '</span>{} delivered</span><span><span class="swatch" style="background:#c62828"></span>{} failed</span>'
-            "<span>{} retried</span></div>",
+            '</span>{} delivered</span><span><span class="swatch" style="background:#c62828"></span>{} failed tries'
+            "</span><span>{} retried</span></div>",
             f"{day.delivered:,}",
             f"{day.failed:,}",
             f"{day.retried:,}",

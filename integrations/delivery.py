@@ -26,7 +26,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db import connection as db_connection
-from django.db.models import Case, DateTimeField, ExpressionWrapper, F, Q, Value, When
+from django.db.models import Case, DateTimeField, ExpressionWrapper, F, Q, TextField, Value, When
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
@@ -611,7 +611,8 @@ def _settle(
             )
             _failures_record(attempt, {deliveries[f.index].pk: f"{f.code}: {f.message}" for f in failures})
             updates.update(
-                last_error=f"{len(failures)} of {len(deliveries)} records failed: {error}", last_error_at=now
+                last_error=_unless_faulted(f"{len(failures)} of {len(deliveries)} records failed: {error}"),
+                last_error_at=now,
             )
             if not delivered_ids:
                 updates.update(consecutive_failures=failures_now, next_attempt_at=retry_at)
@@ -677,7 +678,7 @@ def _request_failed(
         Connection.objects.filter(pk=connection.pk).update(
             consecutive_failures=failures,
             next_attempt_at=retry_at,
-            last_error=str(error),
+            last_error=_unless_faulted(str(error)),
             last_error_at=now,
             **(_send_rate_decreased(now) if error.is_throttled else {}),
         )
@@ -688,6 +689,14 @@ def _request_failed(
         _fault(connection, error.alert or firehose.ALERT_INTERNAL_SERVER_ERROR, error.plain_words, sample=sample)
     elif failures > settings.FIREHOSE_RETRY_LIMIT:
         _fault(connection, firehose.ALERT_RETRY_LIMIT_EXCEEDED, _retry_limit_message(error.code), sample=sample)
+
+
+def _unless_faulted(error: str) -> Case:
+    """The new last error, unless the connection is faulted: then the reason it was faulted stays (another shard's
+    request in flight at that time fails too, and must not hide it)."""
+    return Case(
+        When(status=Connection.Status.FAULTED, then=F("last_error")), default=Value(error), output_field=TextField()
+    )
 
 
 def _send_rate_decreased(now: datetime) -> dict[str, Case]:

@@ -341,3 +341,17 @@ def test_a_batch_whose_entries_all_fail_backs_off_before_the_retry(connection, a
     gaps = [(later.started_at - earlier.started_at).total_seconds() for earlier, later in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2
     assert customer_ids(stream.records()) == ["user-0", "user-1"]
+
+
+def test_a_request_failing_after_the_connection_faulted_keeps_the_reason_it_faulted(connection):
+    """Another shard's request in flight when the connection faulted fails too: its error must not hide the fault's."""
+    from integrations.delivery import _unless_faulted
+
+    Connection.objects.filter(pk=connection.pk).update(status=Connection.Status.FAULTED, last_error="Gave up.")
+    Connection.objects.filter(pk=connection.pk).update(last_error=_unless_faulted("EndpointConnectionError"))
+    connection.refresh_from_db()
+    assert connection.last_error == "Gave up."
+    Connection.objects.filter(pk=connection.pk).update(status=Connection.Status.ACTIVE)
+    Connection.objects.filter(pk=connection.pk).update(last_error=_unless_faulted("EndpointConnectionError"))
+    connection.refresh_from_db()
+    assert connection.last_error == "EndpointConnectionError"

@@ -1,8 +1,9 @@
 """Retention: settled deliveries and old delivery attempts are purged after DELIVERY_RETENTION_DAYS.
 
-Only what is finished goes: delivered and skipped deliveries, and attempts that no remaining delivery points to.
-Pending and failed deliveries stay until they are resolved, and so do their last attempts. Membership changes are
-the append-only log and are never purged here.
+Only what is finished goes: delivered and skipped deliveries, and attempts that no remaining delivery points to
+(with the failed tries that refer to either), then the hourly counters (delivery stats and alert occurrences) of
+hours past the window. Pending and failed deliveries stay until they are resolved, and so do their last attempts;
+the all-time counters and the alert rows stay. Membership changes are the append-only log and are never purged here.
 
 Rows go in small batches, each selected with a LIMIT on an index and deleted by id in its own short transaction,
 so the purge never holds a long lock and never runs one unbounded DELETE. A time budget bounds one run, and the task
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from .models import Connection, Delivery, DeliveryAttempt
+from .models import ALL_TIME, AlertHourlyCount, Connection, Delivery, DeliveryAttempt, DeliveryStats
 
 PURGE_BATCH_SIZE = 5000
 PURGE_TIME_BUDGET_SECONDS = 60.0
@@ -31,6 +32,7 @@ UNSETTLED = (Delivery.Status.PENDING, Delivery.Status.FAILED)
 class PurgeReport:
     deliveries: int = 0
     attempts: int = 0
+    hourly_rows: int = 0
     batches: int = 0
     finished: bool = True  # False when the time budget ran out with rows left to purge
 
@@ -66,6 +68,15 @@ def deliveries_purge(
             Exists(needed)
         )
         report.attempts += _purge(attempts, "started_at", batch_size, deadline, report)
+        if not report.finished:
+            return report
+    # Hourly counters: the connection page reads 24 hours of them, the System Alerts page 7 days.
+    hours_cutoff = min(cutoff, timezone.now() - timedelta(days=7))
+    for rows in (
+        DeliveryStats.objects.filter(hour__lt=hours_cutoff).exclude(hour=ALL_TIME),
+        AlertHourlyCount.objects.filter(hour__lt=hours_cutoff),
+    ):
+        report.hourly_rows += _purge(rows, "hour", batch_size, deadline, report)
         if not report.finished:
             return report
     return report

@@ -193,3 +193,25 @@ def test_beat_runs_the_purge_every_hour():
     assert entry["task"] == tasks.purge_deliveries.name
     assert entry["schedule"] == timedelta(hours=1)
     assert settings.DELIVERY_RETENTION_DAYS == 14
+
+
+def test_hourly_counters_past_the_window_go_and_the_all_time_ones_stay(connections):
+    from integrations.alerts import alert_raise
+    from integrations.models import ALL_TIME, AlertHourlyCount, DeliveryStats, SystemAlert
+    from integrations.stats import hour_of
+
+    connection = connections[0]
+    now = hour_of(timezone.now())
+    for hour in (ALL_TIME, now - OLD, now - timedelta(days=3), now):
+        DeliveryStats.objects.create(connection=connection, hour=hour, delivered=1)
+    alert_raise(connection=connection, type=SystemAlert.Type.ACCESS_DENIED, message="denied")
+    alert = SystemAlert.objects.get(connection=connection)
+    AlertHourlyCount.objects.create(alert=alert, hour=now - OLD, count=4)
+    AlertHourlyCount.objects.create(alert=alert, hour=now - timedelta(days=3), count=2)
+
+    report = deliveries_purge(older_than=RETENTION, batch_size=3)
+
+    assert report.hourly_rows == 2
+    assert set(DeliveryStats.objects.values_list("hour", flat=True)) == {ALL_TIME, now - timedelta(days=3), now}
+    assert set(AlertHourlyCount.objects.values_list("hour", flat=True)) == {now - timedelta(days=3), now}
+    assert SystemAlert.objects.filter(pk=alert.pk).exists()

@@ -433,7 +433,7 @@ IDENTITIES_DESCRIPTION = (
     "Identities To Exclude. Email Address, Customer ID, IDFA and GAID have both settings; every other identity "
     "only the exclusion."
 )
-OPERATIONS = ("test", "resync", "pause", "resume")
+OPERATIONS = ("test", "resync", "pause", "resume", "retry_failed")
 RETRY_FAILED_LIMIT = 100_000  # deliveries queued again by one Retry failed
 CHART_WIDTH, CHART_HEIGHT, CHART_TOP = 480, 96, 12
 
@@ -509,7 +509,13 @@ class ConnectionAdmin(admin.ModelAdmin):
         return super().changelist_view(request, context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        context = {"can_operate": self.has_operate_permission(request), **(extra_context or {})}
+        can_operate = self.has_operate_permission(request)
+        has_failed = (
+            can_operate
+            and object_id.isdigit()
+            and Delivery.objects.filter(connection_id=object_id, status=Delivery.Status.FAILED).exists()
+        )
+        context = {"can_operate": can_operate, "has_failed_deliveries": has_failed, **(extra_context or {})}
         return super().change_view(request, object_id, form_url, context)
 
     def save_model(self, request: HttpRequest, obj: Connection, form: ConnectionAdminForm, change: bool) -> None:
@@ -571,8 +577,8 @@ class ConnectionAdmin(admin.ModelAdmin):
         return JsonResponse(resync_progress(connection))
 
     def operate_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
-        """Runs one operation on one connection and goes back to its change page with a message. Test, pause and
-        resume take a POST; resync first shows its confirmation page (GET) and runs once confirmed."""
+        """Runs one operation on one connection and goes back to its change page with a message. Test, pause, resume
+        and retry failed take a POST; resync first shows its confirmation page (GET) and runs once confirmed."""
         if not self.has_operate_permission(request):
             raise PermissionDenied
         connection = self.get_object(request, unquote(object_id))
@@ -589,6 +595,17 @@ class ConnectionAdmin(admin.ModelAdmin):
             self._resync_run(request, [connection])
         elif operation == "pause":
             self.pause(request, queryset)
+        elif operation == "retry_failed":
+            queued = deliveries_retry_failed(connection=connection)
+            self.log_change(request, connection, f"Queued {queued} failed deliveries again.")
+            self.message_user(
+                request,
+                f"Queued {_plural(queued, 'failed delivery', 'failed deliveries')} again: they are sent after the "
+                "current backlog."
+                if queued
+                else "No failed deliveries to retry.",
+                messages.SUCCESS if queued else messages.INFO,
+            )
         else:
             self.resume(request, queryset)
         return HttpResponseRedirect(

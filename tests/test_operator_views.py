@@ -656,6 +656,25 @@ def test_retry_failed_queues_a_failed_delivery_again_and_the_drain_sends_it(admi
     assert Delivery.objects.filter(pk=delivered.pk).values().get() == before
 
 
+def test_the_connection_page_offers_retry_failed_while_some_failed_and_it_sends_them(
+    admin_client, connection, audience, stream
+):
+    change = url("integrations_connection_change", connection.pk)
+    assert 'id="operate-retry-failed"' not in admin_client.get(change).text
+    failed = fail_once_oversized(connection, audience)
+    assert 'id="operate-retry-failed"' in admin_client.get(change).text
+    User.objects.filter(external_id="user-0").update(identities={"CustomerId": "user-0"})  # the identity fixed
+
+    response = admin_client.post(url("integrations_connection_retry_failed", connection.pk), follow=True)
+
+    assert messages_of(response) == ["Queued 1 failed delivery again: they are sent after the current backlog."]
+    assert 'id="operate-retry-failed"' not in response.text
+    drain(connection)
+    assert customer_ids(stream.records()) == ["user-1", "user-0"]
+    failed.refresh_from_db()
+    assert failed.status == Delivery.Status.DELIVERED
+
+
 def test_retry_failed_on_deliveries_that_did_not_fail_changes_nothing(admin_client, connection, audience, stream):
     members(audience, 2)
     drain(connection)

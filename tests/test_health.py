@@ -78,3 +78,11 @@ def test_the_app_logs_json_when_told_to():
     )
     (line,) = result.stderr.strip().splitlines()
     assert json.loads(line)["message"] == "hello there"
+
+
+def test_the_favicon_is_served_for_pages_without_html(client):
+    """Browsers ask /favicon.ico on /metrics and /healthz: it leads to the admin's icon, served by the web process."""
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"] == "/static/integrations/favicon.svg"
+    icon = client.get(response["Location"])
+    assert icon.status_code == 200 and b"<svg" in b"".join(icon.streaming_content)

@@ -29,7 +29,7 @@ from django.utils.text import Truncator
 
 from integrations.admin import badge, can_view_configurations, connection_status_badge, date_column, when
 from integrations.models import Connection
-from project.admin_tools import ReadOnlyAdmin, choice_filter
+from project.admin_tools import ReadOnly, ReadOnlyAdmin, choice_filter
 
 from .models import Audience, Membership, MembershipChange, User
 from .selectors import (
@@ -172,7 +172,7 @@ DeletedFilter = choice_filter(
 )
 
 
-class ConnectionInline(admin.TabularInline):
+class ConnectionInline(ReadOnly, admin.TabularInline):
     """The audience's connections, read-only: they are edited on their own page (Connection Settings). Users without
     a permission on Configuration see the configuration's name, not a link to its page (which holds the credentials).
     """
@@ -184,15 +184,6 @@ class ConnectionInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
     verbose_name_plural = "connections"
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_fields(self, request: HttpRequest, obj: Any = None):
         if can_view_configurations(request):

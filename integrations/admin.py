@@ -234,6 +234,7 @@ class LogPaginator(Paginator):
 
     ESTIMATE_FROM = 100_000
     COUNT_CAP = 10_000
+    estimated = False  # set when `count` is the planner's estimate
 
     @cached_property
     def count(self) -> int:
@@ -250,8 +251,6 @@ class LogPaginator(Paginator):
                 self.estimated = True
                 return row[0]
         return queryset.order_by()[: self.COUNT_CAP + 1].count()
-
-    estimated = False
 
     @property
     def capped(self) -> bool:
@@ -691,7 +690,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         url = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_progress", args=[obj.pk])
         bar = ""
         if progress["state"] != "idle":
-            planned = max(progress["total"], progress["queued"], 1)
+            planned = max(progress["sent"] + progress["remaining"], 1)
             bar = format_html('<progress max="{}" value="{}"></progress> ', planned, progress["sent"])
         requested = format_html(" (requested {})", when(obj.resync_requested_at)) if obj.resync_requested_at else ""
         return format_html(
@@ -897,8 +896,7 @@ class AlertWindowFilter(admin.SimpleListFilter):
         return [(key, label) for key, (label, _) in ALERT_WINDOWS.items()]
 
     def value(self):
-        value = super().value()
-        return value if value in ALERT_WINDOWS else DEFAULT_ALERT_WINDOW
+        return alert_window(super().value())
 
     def choices(self, changelist):
         for key, label in self.lookup_choices:
@@ -912,9 +910,9 @@ class AlertWindowFilter(admin.SimpleListFilter):
         return queryset
 
 
-def alert_window(request: HttpRequest) -> str:
-    window = request.GET.get("window", DEFAULT_ALERT_WINDOW)
-    return window if window in ALERT_WINDOWS else DEFAULT_ALERT_WINDOW
+def alert_window(value: str | None) -> str:
+    """The window asked for, or the default one."""
+    return value if value in ALERT_WINDOWS else DEFAULT_ALERT_WINDOW
 
 
 class EngineLogAdmin(ReadOnlyAdmin):
@@ -963,13 +961,13 @@ class SystemAlertAdmin(EngineLogAdmin):
         ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SystemAlert]:
-        since = timezone.now() - ALERT_WINDOWS[alert_window(request)][1]
+        since = timezone.now() - ALERT_WINDOWS[alert_window(request.GET.get("window"))][1]
         return alerts_with_window_count(super().get_queryset(request), since=since).order_by(
             "acknowledged", F("resolved_at").desc(nulls_first=True), "-last_seen"
         )
 
     def changelist_view(self, request, extra_context=None):
-        window = alert_window(request)
+        window = alert_window(request.GET.get("window"))
         connection_id = request.GET.get("connection__id__exact", "")
         connection = (
             Connection.objects.select_related("audience").filter(pk=connection_id).first()
@@ -982,12 +980,14 @@ class SystemAlertAdmin(EngineLogAdmin):
             "window": window,
             "window_label": label,
             "windows": [(key, text) for key, (text, _) in ALERT_WINDOWS.items()],
-            "ranking": [
+            "ranking": []
+            if connection
+            else [
                 {**row, "status_badge": connection_status_badge(row["connection"])}
                 for row in alert_ranking(since=timezone.now() - length)
             ],
             "drill_down": connection,
-            "open_total": SystemAlert.objects.filter(OPEN_ALERTS).count(),
+            "open_total": request_open_alert_count(request),
             "can_acknowledge": self.has_acknowledge_permission(request),
             **(extra_context or {}),
         }
@@ -1079,8 +1079,11 @@ class UserIdFilter(admin.SimpleListFilter):
         return queryset.filter(user__external_id=value)
 
 
-TIME_WINDOWS = {"1h": ("last hour", timedelta(hours=1)), "24h": ("last 24 hours", timedelta(hours=24))}
-TIME_WINDOWS["7d"] = ("last 7 days", timedelta(days=7))
+TIME_WINDOWS = {
+    "1h": ("last hour", timedelta(hours=1)),
+    "24h": ("last 24 hours", timedelta(hours=24)),
+    "7d": ("last 7 days", timedelta(days=7)),
+}
 
 
 def time_filter(field: str) -> type[admin.SimpleListFilter]:

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Case, Count, IntegerField, Max, OuterRef, QuerySet, Subquery, Sum, When
+from django.db.models import Aggregate, Case, Count, IntegerField, Max, OuterRef, QuerySet, Subquery, Sum, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 
@@ -85,16 +85,16 @@ def connections_with_backlog(queryset: QuerySet[Connection] | None = None) -> Qu
     return queryset.annotate(backlog=pending)
 
 
+def _total_per_row(rows: QuerySet, outer: str, aggregate: Aggregate) -> Coalesce:
+    """An aggregate of `rows` (filtered on OuterRef("pk") through `outer`) for each row of the outer query, 0 when
+    there are none: one correlated subquery instead of a query per row."""
+    return Coalesce(Subquery(rows.order_by().values(outer).annotate(total=aggregate).values("total")), 0)
+
+
 def alerts_with_window_count(queryset: QuerySet[SystemAlert], *, since: datetime) -> QuerySet[SystemAlert]:
     """Alerts annotated with `window_count`: their occurrences in the hours from `since` on."""
-    occurrences = (
-        AlertHourlyCount.objects.filter(alert=OuterRef("pk"), hour__gte=hour_of(since))
-        .order_by()
-        .values("alert")
-        .annotate(total=Sum("count"))
-        .values("total")
-    )
-    return queryset.annotate(window_count=Coalesce(Subquery(occurrences), 0))
+    occurrences = AlertHourlyCount.objects.filter(alert=OuterRef("pk"), hour__gte=hour_of(since))
+    return queryset.annotate(window_count=_total_per_row(occurrences, "alert", Sum("count")))
 
 
 def alert_ranking(*, since: datetime, limit: int = ALERT_RANKING_SIZE) -> list[dict[str, Any]]:
@@ -134,7 +134,9 @@ def resync_progress(connection: Connection) -> dict[str, Any]:
     records still to send) or `done`; with the counts of members queued, records sent and remaining."""
     queued, total = connection.resync_queued, connection.resync_total
     sent = min(connection.resync_sent, queued)
-    remaining = max(total if connection.resync_running else queued, queued) - sent
+    # While members are still being queued, the plan is the member count when the resync began (or more).
+    planned = max(total, queued) if connection.resync_running else queued
+    remaining = planned - sent
     if connection.resync_requested_at is None:
         state = "idle"
     elif connection.resync_running or sent < queued:
@@ -163,23 +165,11 @@ def resync_progress(connection: Connection) -> dict[str, Any]:
 def connections_worst_first(*, since: datetime, limit: int = 5) -> list[Connection]:
     """The connections that most need a look, in one query: faulted first, then by open alerts, records failed since
     `since` and backlog (each a bounded subquery: the alert rows, the hourly stats, a capped count)."""
-    open_alerts = (
-        SystemAlert.objects.filter(OPEN_ALERTS, connection=OuterRef("pk"))
-        .order_by()
-        .values("connection")
-        .annotate(count=Count("pk"))
-        .values("count")
-    )
-    failed = (
-        DeliveryStats.objects.filter(connection=OuterRef("pk"), hour__gte=hour_of(since))
-        .order_by()
-        .values("connection")
-        .annotate(total=Sum("failed"))
-        .values("total")
-    )
+    open_alerts = SystemAlert.objects.filter(OPEN_ALERTS, connection=OuterRef("pk"))
+    failed = DeliveryStats.objects.filter(connection=OuterRef("pk"), hour__gte=hour_of(since))
     connections = connections_with_backlog(Connection.objects.select_related("audience")).annotate(
-        open_alerts=Coalesce(Subquery(open_alerts), 0),
-        failed_recently=Coalesce(Subquery(failed), 0),
+        open_alerts=_total_per_row(open_alerts, "connection", Count("pk")),
+        failed_recently=_total_per_row(failed, "connection", Sum("failed")),
         faulted_first=Case(When(status=Connection.Status.FAULTED, then=0), default=1),
     )
     return list(connections.order_by("faulted_first", "-open_alerts", "-failed_recently", "-backlog", "pk")[:limit])

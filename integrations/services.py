@@ -363,12 +363,10 @@ def deliveries_retry_failed(*, connection: Connection, delivery_ids: Sequence[in
         if delivery_ids is not None:
             failed = failed.filter(pk__in=list(delivery_ids))
         oldest = failed.values("shard").annotate(first=Min("pk")).order_by()
-        for row in oldest:
-            rewound = DrainLease.objects.filter(connection=connection, shard=row["shard"]).update(
+        for row in oldest:  # a shard without a lease row yet starts its claims from the beginning anyway
+            DrainLease.objects.filter(connection=connection, shard=row["shard"]).update(
                 claimed_through=Least(F("claimed_through"), row["first"] - 1), token="", expires_at=None
             )
-            if not rewound:
-                DrainLease.objects.get_or_create(connection=connection, shard=row["shard"])
         queued = failed.update(
             status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), last_error="", delivered_at=None
         )

@@ -1,4 +1,4 @@
-"""Admin pieces shared by the apps: a list filter of named choices, and the base of read-only admins."""
+"""Admin pieces shared by the apps: a list filter of named choices, and read-only admins and inlines."""
 
 from typing import Any
 
@@ -21,9 +21,9 @@ def choice_filter(title: str, parameter_name: str, choices: dict[str, tuple[str,
     return ChoiceFilter
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written by the product only (logs, alerts, users fed by the API): the admin looks, never adds, changes or
-    deletes."""
+class ReadOnly:
+    """Rows written by the product only (logs, alerts, users fed by the API, an audience's connections shown inline):
+    the admin looks, never adds, changes or deletes."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -33,3 +33,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(ReadOnly, admin.ModelAdmin):
+    """A read-only model admin."""

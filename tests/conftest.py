@@ -80,6 +80,19 @@ def leave(user_id: str, timestamp: int | None = None, **identities: str) -> Chan
     return ChangeIn(user_id=user_id, is_member=False, identities=identities or None, timestamp=timestamp)
 
 
+def members(audience: Audience, count: int, prefix: str = "user", **identities: str) -> None:
+    """`count` users join, each with its user id as CustomerId (plus `identities`)."""
+    changes = [
+        ChangeIn(user_id=f"{prefix}-{n}", is_member=True, identities={"CustomerId": f"{prefix}-{n}", **identities})
+        for n in range(count)
+    ]
+    membership_changes_apply(audience=audience, changes=changes)
+
+
+def customer_ids(records: list[dict]) -> list[str]:
+    return [record["UserIdentities"]["CustomerId"] for record in records]
+
+
 def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
     """Drain every shard of a connection as the workers would, waiting out scheduled retries, until nothing is due
     or it stops."""

@@ -10,8 +10,6 @@ import boto3
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission
-from django.contrib.auth.models import User as StaffUser
 from django.db import connection as db_connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -28,7 +26,7 @@ from integrations.alerts import alert_raise
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
 from integrations.services import configuration_create, connection_create, connection_pause
 
-from .admin_pages import messages_of, result_rows, url
+from .admin_pages import messages_of, result_rows, staff_client, url
 
 pytestmark = pytest.mark.django_db
 
@@ -52,17 +50,6 @@ def configuration_form(**overrides: str) -> dict[str, str]:
     }
     data.update(overrides)
     return data
-
-
-def staff_client(username: str, *permissions: str) -> Client:
-    """A logged-in staff user holding exactly these permissions ("app_label.codename")."""
-    user = StaffUser.objects.create_user(username=username, password="unused-password", is_staff=True)
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def readonly_value(page: str, field: str) -> str:

@@ -6,27 +6,21 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth.models import Permission
-from django.contrib.auth.models import User as StaffUser
 from django.db import connection as db_connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
 
 from audiences.models import Audience, Membership, MembershipChange, User
 from audiences.selectors import CHANGES_PER_PAGE, MEMBER_SEARCH_CANDIDATES, MEMBERS_PER_PAGE
 from audiences.services import audience_create, audience_delete, user_identities_update
 from integrations.services import configuration_create, connection_create
 
+from .admin_pages import result_rows, staff_client, url
 from .conftest import apply, join, leave
 
 pytestmark = pytest.mark.django_db
 
 BIG_TABLES = ("audiences_membership", "audiences_membershipchange", "audiences_user")
-
-
-def url(name: str, *args: object) -> str:
-    return reverse(f"admin:{name}", args=args)
 
 
 def members_url(audience: Audience, **params: str) -> str:
@@ -39,17 +33,13 @@ def changes_url(user: User, **params: object) -> str:
     return url("audiences_user_changes", user.pk) + (f"?{query}" if query else "")
 
 
-def rows_of(page: str) -> str:
-    return page.split('id="result_list"')[1].split("</table>")[0]
-
-
 def listed_users(page: str) -> list[str]:
     """The user ids in the rows of a members page, in order."""
-    return re.findall(r'<th scope="row" class="field-user_id"><a href="[^"]+">([^<]+)</a>', rows_of(page))
+    return re.findall(r'<th scope="row" class="field-user_id"><a href="[^"]+">([^<]+)</a>', result_rows(page))
 
 
 def listed_changes(page: str) -> list[int]:
-    return [int(pk) for pk in re.findall(r'<th scope="row" class="field-change">#(\d+)</th>', rows_of(page))]
+    return [int(pk) for pk in re.findall(r'<th scope="row" class="field-change">#(\d+)</th>', result_rows(page))]
 
 
 def link(page: str, link_id: str) -> str | None:
@@ -67,16 +57,6 @@ def walk(client: Client, start: str, next_id: str, parse) -> list:
         pages += 1
         assert pages < 100
     return rows
-
-
-def staff_client(username: str, *permissions: str) -> Client:
-    user = StaffUser.objects.create_user(username=username, password="unused-password", is_staff=True)
-    for permission in permissions:
-        app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def add_members(audience: Audience, *user_ids: str) -> None:
@@ -247,7 +227,7 @@ def test_a_users_changes_are_listed_newest_first_with_identities_before_and_afte
     page = admin_client.get(changes_url(user)).text
 
     assert listed_changes(page) == [left.pk, changed.pk, joined.pk]
-    rows = rows_of(page).split('<th scope="row"')[1:]
+    rows = result_rows(page).split('<th scope="row"')[1:]
     assert "left" in rows[0] and "1764321800" in rows[0] and "2025-11-28 09:23 UTC" in rows[0]
     assert "identities changed" in rows[1]
     after, previous = rows[1].split('class="field-identities">')[1].split('class="field-previous_identities">')
@@ -412,7 +392,7 @@ def test_the_user_list_search_counts_only_the_users_it_found(admin_client, audie
     with CaptureQueriesContext(db_connection) as queries:
         page = admin_client.get(url("audiences_user_changelist") + "?q=p.fogg").text
 
-    assert "p.fogg138" in rows_of(page) and "passepartout" not in rows_of(page)
+    assert "p.fogg138" in result_rows(page) and "passepartout" not in result_rows(page)
     assert "1 audience user" in page
     for sql in big_table_counts(queries):
         assert '"audiences_user"."id" IN (' in sql, sql

@@ -8,7 +8,7 @@ import pytest
 from django.test import override_settings
 from moto.core import set_initial_no_auth_action_count
 
-from audiences.services import ChangeIn, membership_changes_apply, user_identities_update
+from audiences.services import user_identities_update
 from integrations.delivery import backoff_seconds
 from integrations.firehose import MAX_BATCH_BYTES
 from integrations.models import Connection, Delivery, DeliveryAttempt, SystemAlert
@@ -21,20 +21,8 @@ from integrations.services import (
     connection_test,
 )
 
-from .conftest import apply, drain, join, leave
+from .conftest import apply, customer_ids, drain, join, leave, members
 from .emulator import fail_entries, firehose_behaviour, throttle_first
-
-
-def members(audience, count: int, prefix: str = "user", **identities) -> None:
-    changes = [
-        ChangeIn(user_id=f"{prefix}-{n}", is_member=True, identities={"CustomerId": f"{prefix}-{n}", **identities})
-        for n in range(count)
-    ]
-    membership_changes_apply(audience=audience, changes=changes)
-
-
-def customer_ids(records: list[dict]) -> list[str]:
-    return [record["UserIdentities"]["CustomerId"] for record in records]
 
 
 def test_501_records_make_two_calls(connection, audience, stream):

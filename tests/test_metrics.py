@@ -11,7 +11,6 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from audiences.services import ChangeIn, membership_changes_apply
 from integrations.alerts import alert_raise
 from integrations.models import (
     ALL_TIME,
@@ -30,7 +29,7 @@ from integrations.stats import (
     latency_quantile,
 )
 
-from .conftest import apply, drain, join
+from .conftest import apply, drain, join, members
 from .emulator import fail_entries, firehose_behaviour, throttle_first
 
 pytestmark = pytest.mark.django_db
@@ -40,14 +39,6 @@ pytestmark = pytest.mark.django_db
 def quiet_connection(audience, configuration) -> Connection:
     """A connection for the tests that send nothing: no AWS needed."""
     return connection_create(audience=audience, configuration=configuration, stream_name="audience-stream")
-
-
-def members(audience, count: int, prefix: str = "user") -> None:
-    changes = [
-        ChangeIn(user_id=f"{prefix}-{n}", is_member=True, identities={"CustomerId": f"{prefix}-{n}"})
-        for n in range(count)
-    ]
-    membership_changes_apply(audience=audience, changes=changes)
 
 
 def all_time(connection: Connection) -> DeliveryStats:

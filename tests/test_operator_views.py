@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audiences.models import Audience, User
-from audiences.services import ChangeIn, audience_create, membership_changes_apply
+from audiences.services import audience_create
 from integrations.admin import LogPaginator
 from integrations.alerts import RESOLVED_BY_DELIVERY, alert_raise, alerts_resolve_on_delivery
 from integrations.delivery import connection_drain
@@ -37,7 +37,7 @@ from integrations.services import connection_create, connection_pause, connectio
 from integrations.stats import hour_of
 
 from .admin_pages import messages_of, result_rows, url
-from .conftest import apply, drain, join
+from .conftest import apply, customer_ids, drain, join, members
 from .emulator import fail_entries, firehose_behaviour, throttle_first
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("role_groups")]
@@ -113,18 +113,6 @@ def offline(audience, configuration):
 @pytest.fixture
 def quiet_connection(offline) -> Connection:
     return offline()
-
-
-def members(audience: Audience, count: int, prefix: str = "user") -> None:
-    changes = [
-        ChangeIn(user_id=f"{prefix}-{n}", is_member=True, identities={"CustomerId": f"{prefix}-{n}"})
-        for n in range(count)
-    ]
-    membership_changes_apply(audience=audience, changes=changes)
-
-
-def customer_ids(records: list[dict]) -> list[str]:
-    return [record["UserIdentities"]["CustomerId"] for record in records]
 
 
 def alert_badge(page: str) -> str | None:

@@ -19,7 +19,7 @@
                     element.setAttribute("data-state", progress.state);
                     text.textContent = progress.text;
                     if (bar) {
-                        var planned = Math.max(progress.total, progress.queued, 1);
+                        var planned = Math.max(progress.sent + progress.remaining, 1);
                         bar.max = planned;
                         bar.value = progress.sent;
                     }

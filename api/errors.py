@@ -9,6 +9,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from project.transactions import RETRY_AFTER_SECONDS, Contention
+
 Error = tuple[str, str]
 
 # Error paths and messages echo what the client sent (an unknown key, a bad choice): cap them.
@@ -78,6 +80,10 @@ def error_response(errors: list[Error], status_code: int) -> Response:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, InvalidInput):
         return error_response(exc.errors, 400)
+    if isinstance(exc, Contention):  # valid input that met too many concurrent writers: try again shortly
+        response = error_response([("", "Too many concurrent changes to the same rows; try again.")], 503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     response = drf_exception_handler(exc, context)

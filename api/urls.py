@@ -1,13 +1,29 @@
-from django.urls import path, re_path
+from django.urls import path, re_path, register_converter
 
 from . import views
 from .errors import not_found
+
+
+class UserIdConverter:
+    """Any user id the changes API accepts, `/` and newlines included (`PUT /api/v1/users/tenant%2F42`); the view
+    checks it like the changes API does."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(UserIdConverter, "user_id")
 
 urlpatterns = [
     path("audiences", views.AudienceListView.as_view()),
     path("audiences/<int:audience_id>", views.AudienceDetailView.as_view()),
     path("audiences/<int:audience_id>/changes", views.AudienceChangesView.as_view()),
-    path("users/<str:user_id>", views.UserView.as_view()),
+    path("users/<user_id:user_id>", views.UserView.as_view()),
     path("configurations", views.ConfigurationListView.as_view()),
     path("configurations/<int:configuration_id>", views.ConfigurationDetailView.as_view()),
     path("connections", views.ConnectionListView.as_view()),

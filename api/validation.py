@@ -7,6 +7,7 @@ runs per change.
 
 import codecs
 import json
+import time
 from typing import Any
 
 from django.conf import settings
@@ -113,6 +114,7 @@ def parse_changes(payload: Any) -> list[ChangeIn]:
         errors.append(("changes", f"At most {limit} changes per request, got {len(items)}."))
         raise InvalidInput(errors)
     parsed = []
+    latest = int(time.time()) + settings.CHANGE_MAX_FUTURE_SECONDS
     for index, item in enumerate(items):
         path = f"changes[{index}]"
         if not isinstance(item, dict):
@@ -135,6 +137,15 @@ def parse_changes(payload: Any) -> list[ChangeIn]:
             isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp <= MAX_TIMESTAMP
         ):
             errors.append((f"{path}.timestamp", f"Must be whole Unix seconds between 0 and {MAX_TIMESTAMP}."))
+        elif timestamp is not None and timestamp > latest:
+            # A stamp in the future would make every later change of the user stale (contract section 14).
+            errors.append(
+                (
+                    f"{path}.timestamp",
+                    f"Must not be more than {settings.CHANGE_MAX_FUTURE_SECONDS} seconds ahead of the server's "
+                    f"clock (it is {timestamp - latest + settings.CHANGE_MAX_FUTURE_SECONDS} seconds ahead).",
+                )
+            )
         if len(errors) >= MAX_ERRORS:
             break
         if not errors:

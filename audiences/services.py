@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
 from integrations.services import deliveries_create_for_audience_deletion, deliveries_create_for_changes
+from project.transactions import atomic_with_retry
 
 from .identities import Identities, identities_json
 from .models import Audience, Membership, MembershipChange, User
@@ -65,7 +66,7 @@ def audience_update(*, audience: Audience, **fields: str) -> Audience:
     return audience
 
 
-@transaction.atomic
+@atomic_with_retry
 def audience_delete(*, audience: Audience) -> Audience:
     """Soft-delete: the id is never reused, and each connection gets one `AudienceDeleted` record.
 
@@ -301,6 +302,8 @@ def _lock_users_postgresql(
     users: dict[str, _UserState] = {}
     memberships: dict[int, _MembershipState] = {}
     with connection.cursor() as cursor:
+        # New users are inserted in user id order: two batches holding the same new users in other orders would
+        # otherwise each wait for a row the other inserted (project.transactions, step 4).
         cursor.execute(
             "INSERT INTO audiences_user (external_id, identities, created_at, updated_at)"
             " SELECT r->>0, r->>1, %s, %s FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS rows(r, n)"
@@ -309,23 +312,29 @@ def _lock_users_postgresql(
             [
                 now,
                 now,
-                _json_rows((user_id, texts(identities)) for user_id, identities in created.items()),
+                _json_rows((user_id, texts(created[user_id])) for user_id in sorted(created)),
             ],
         )
         cursor.execute(
-            "SELECT u.id, u.external_id, u.identities, m.is_member, m.last_changed_timestamp"
-            " FROM audiences_user AS u"
-            " LEFT JOIN audiences_membership AS m ON m.audience_id = %s AND m.user_id = u.id"
-            " WHERE u.external_id = ANY(%s::text[]) ORDER BY u.id FOR NO KEY UPDATE OF u",
-            [audience_id, list(first_identities)],
+            "SELECT id, external_id, identities FROM audiences_user"
+            " WHERE external_id = ANY(%s::text[]) ORDER BY id FOR NO KEY UPDATE",
+            [list(first_identities)],
         )
-        for pk, external_id, text, is_member, last_changed_timestamp in cursor.fetchall():
+        for pk, external_id, text in cursor.fetchall():
             identities = created[external_id]
             if text != texts(identities):  # it had other identities before this batch (or the same in another order)
                 identities = json.loads(text)
                 texts.remember(identities, text)
             users[external_id] = _UserState(pk, external_id, identities)
-            if is_member is not None:
+        if audience_id is not None and users:
+            # A statement of its own, after the locks: one that waited for a user's lock sees the memberships that
+            # the batch holding it committed (a join in the locking statement would read them as they were before).
+            cursor.execute(
+                "SELECT user_id, is_member, last_changed_timestamp FROM audiences_membership"
+                " WHERE audience_id = %s AND user_id = ANY(%s::bigint[])",
+                [audience_id, [user.pk for user in users.values()]],
+            )
+            for pk, is_member, last_changed_timestamp in cursor.fetchall():
                 memberships[pk] = _MembershipState(audience_id, pk, is_member, last_changed_timestamp)
     return users, memberships
 
@@ -364,13 +373,14 @@ def _audiences_shared_lock(audience_ids: set[int]) -> set[int]:
 def _identities_changed(
     log: _ChangeLog, user: _UserState, identities: Identities, timestamp: int, memberships: list[_MembershipState]
 ) -> None:
-    """Replace a user's identities, and log an identity change in each of the given memberships."""
+    """Replace a user's identities, and log an identity change in each of the given memberships (of other audiences).
+
+    Their memberships keep their own last timestamps: a change made in one audience, or by the users API, never makes
+    a later change in another audience stale (contract section 14)."""
     previous = user.identities
     user.identities = identities
     log.users[user.pk] = user
     for membership in memberships:
-        membership.last_changed_timestamp = max(membership.last_changed_timestamp, timestamp)
-        log.memberships[(membership.audience_id, user.pk)] = membership
         log.changes.append(
             _Change(
                 membership.audience_id,
@@ -383,7 +393,7 @@ def _identities_changed(
         )
 
 
-@transaction.atomic
+@atomic_with_retry
 def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn]) -> ApplyResult:
     """Apply a validated batch of changes in order. Stale and no-op changes are ignored and counted.
 
@@ -468,7 +478,7 @@ def _audience_shared_lock(audience_id: int) -> datetime | None:
     return row[0]
 
 
-@transaction.atomic
+@atomic_with_retry
 def user_identities_update(*, user_id: str, identities: Identities) -> User:
     """Replace a user's identities; every audience where the user is a member gets an identity change."""
     texts = _JsonTexts()

@@ -356,8 +356,9 @@ class ConfigurationAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Configuration, form: ConfigurationAdminForm, change: bool) -> None:
         secret = form.cleaned_data[SECRET_FIELD]
         if change:
-            # The form already set the other fields on obj; a blank secret keeps the stored one.
-            configuration_update(configuration=obj, secret_access_key=secret)
+            # A blank secret keeps the stored one.
+            changed = {name: form.cleaned_data[name] for name in form.changed_data if name != SECRET_FIELD}
+            configuration_update(configuration=obj, secret_access_key=secret, **changed)
             return
         created = configuration_create(
             name=obj.name,

@@ -17,6 +17,8 @@ RESOLVED_BY_DELIVERY = [
     SystemAlert.Type.ACCESS_DENIED,
     SystemAlert.Type.STREAM_NOT_FOUND,
     SystemAlert.Type.STREAM_NOT_ACTIVE,
+    SystemAlert.Type.ENDPOINT_NOT_USABLE,
+    SystemAlert.Type.CREDENTIALS_NOT_USABLE,
 ]
 
 

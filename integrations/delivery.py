@@ -32,9 +32,11 @@ from django.utils import timezone
 
 from audiences.identities import IdentitiesField
 from audiences.models import Audience, Membership
+from project.transactions import atomic_with_retry
 
 from . import firehose
 from .alerts import alert_raise, alerts_resolve_on_delivery
+from .layout import delivery_shard_count, delivery_shards_changing
 from .models import Connection, Delivery, DeliveryAttempt, DeliveryFailure, DrainLease
 from .records import audience_deleted_record, identities_forwarded, membership_record
 from .services import connection_credentials, connection_kick, deliveries_insert_lock
@@ -52,6 +54,9 @@ SEND_RATE_FLOOR = 0.01
 SEND_RATE_DECREASE_INTERVAL = timedelta(seconds=1)
 # Unused sending time carried over to the next batches, at most: allows a short burst after a quiet spell.
 SEND_BURST_SECONDS = 1.0
+# A drain waits this long at most for its place under the rate limit, even past its time budget; a longer wait
+# (never longer than a quarter of the lease) gives the shard back until then (`DrainLease.not_before`).
+SEND_WAIT_SECONDS = 1.0
 
 
 def backoff_seconds(failures: int) -> float:
@@ -62,10 +67,6 @@ def backoff_seconds(failures: int) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def shard_of(user_id: int | None) -> int:
-    return 0 if user_id is None else user_id % settings.DELIVERY_SHARDS
-
-
 @dataclass
 class DrainReport:
     batches: int = 0
@@ -74,6 +75,7 @@ class DrainReport:
     skipped: int = 0
     more_work: bool = False
     leased: bool = True
+    parked_until: datetime | None = None  # the shard waits for its place under the rate limit until then
 
 
 class Pending(NamedTuple):
@@ -121,12 +123,16 @@ class Batch:
 
 
 def _lease_acquire(connection_id: int, shard: int) -> tuple[str, int] | None:
-    """Take the shard's lease; returns the token and the shard's `claimed_through`, or None when it is taken."""
+    """Take the shard's lease; returns the token and the shard's `claimed_through`, or None when it is taken, the
+    shard waits for the rate limit (`not_before`), or the shards are being changed."""
+    if delivery_shards_changing():
+        return None
     now = timezone.now()
     token = secrets.token_hex(8)
     expires = now + timedelta(seconds=settings.DRAIN_LEASE_SECONDS)
     leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard)
-    if leases.filter(Q(expires_at__isnull=True) | Q(expires_at__lt=now)).update(token=token, expires_at=expires):
+    free = (Q(expires_at__isnull=True) | Q(expires_at__lt=now)) & (Q(not_before__isnull=True) | Q(not_before__lte=now))
+    if leases.filter(free).update(token=token, expires_at=expires, not_before=None):
         return token, leases.values_list("claimed_through", flat=True).get()
     if leases.exists():
         return None
@@ -139,14 +145,19 @@ def _lease_acquire(connection_id: int, shard: int) -> tuple[str, int] | None:
 
 
 def _lease_renew(connection_id: int, shard: int, token: str, claimed_through: int) -> bool:
+    """Extend the lease; False when it was taken over (or released by Retry failed), or the shards are changing."""
+    if delivery_shards_changing():
+        return False
     expires = timezone.now() + timedelta(seconds=settings.DRAIN_LEASE_SECONDS)
     leases = DrainLease.objects.filter(connection_id=connection_id, shard=shard, token=token)
     return bool(leases.update(expires_at=expires, claimed_through=claimed_through))
 
 
-def _lease_release(connection_id: int, shard: int, token: str, claimed_through: int) -> None:
+def _lease_release(
+    connection_id: int, shard: int, token: str, claimed_through: int, not_before: datetime | None = None
+) -> None:
     DrainLease.objects.filter(connection_id=connection_id, shard=shard, token=token).update(
-        token="", expires_at=None, claimed_through=claimed_through
+        token="", expires_at=None, claimed_through=claimed_through, not_before=not_before
     )
 
 
@@ -154,7 +165,8 @@ def _lease_release(connection_id: int, shard: int, token: str, claimed_through: 
 
 
 def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float | None = None) -> DrainReport:
-    """Send what is due on one shard of a connection, for at most `time_budget` seconds."""
+    """Send what is due on one shard of a connection, for at most `time_budget` seconds: claim a batch, take its
+    place under the rate limit, send it, record the outcome; again, renewing the lease as it goes."""
     report = DrainReport()
     lease = _lease_acquire(connection_id, shard)
     if lease is None:
@@ -166,7 +178,7 @@ def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float |
     waiting = False
     try:
         connection = _connection_for_drain(connection_id)
-        while True:
+        while connection is not None:
             if not _is_sendable(connection, timezone.now()):
                 break
             if time.monotonic() >= deadline:
@@ -182,35 +194,47 @@ def connection_drain(connection_id: int, shard: int = 0, *, time_budget: float |
                 break
             # Take the batch's place under the rate limit, and re-read the connection: paused, faulted or backed
             # off by another shard meanwhile means the batch stays pending.
-            connection, wait = _reserve_send_slot(connection, batch)
+            slot = _reserve_send_slot(connection, batch)
+            connection = slot.connection
             if not _is_sendable(connection, timezone.now()):
+                _send_slot_give_back(connection, slot.cost)
                 break
-            if wait > 0:
-                time.sleep(wait)
+            if slot.wait > _longest_wait(deadline):
+                # Never sleep through the lease: the place goes back, and the shard waits in the database.
+                _send_slot_give_back(connection, slot.cost)
+                report.parked_until = timezone.now() + timedelta(seconds=slot.wait)
+                break
+            if slot.wait > 0:
+                time.sleep(slot.wait)
+            if time.monotonic() - renewed > settings.DRAIN_LEASE_SECONDS / 4:
+                if not _lease_renew(connection_id, shard, token, claimed_through):
+                    logger.warning("Lost the lease on shard %s of connection %s; stopping.", shard, connection_id)
+                    break
+                renewed = time.monotonic()
             if _send_batch(connection, batch, report):
                 claimed_through = batch.claimed_through
             # else: the failed entries stay pending after `claimed_through`, the first to be claimed again
             report.batches += 1
             if waiting:
                 break
-            if time.monotonic() - renewed > settings.DRAIN_LEASE_SECONDS / 4:
-                if not _lease_renew(connection_id, shard, token, claimed_through):
-                    logger.warning("Lost the lease on shard %s of connection %s; stopping.", shard, connection_id)
-                    token = ""
-                    break
-                renewed = time.monotonic()
     finally:
-        if token:
-            _lease_release(connection_id, shard, token, claimed_through)
-    if token and not report.more_work and not waiting:
+        _lease_release(connection_id, shard, token, claimed_through, report.parked_until)
+    if not report.more_work and not waiting and report.parked_until is None:
         # A change committed between the last empty claim and the release found the lease taken: look once more.
         report.more_work = connection_has_due_work(connection_id, shard, claimed_through)
     return report
 
 
+def _longest_wait(deadline: float) -> float:
+    return min(settings.DRAIN_LEASE_SECONDS / 4, max(deadline - time.monotonic(), SEND_WAIT_SECONDS))
+
+
 def connection_has_due_work(connection_id: int, shard: int, claimed_through: int) -> bool:
     connection = Connection.objects.filter(pk=connection_id).only(*_DUE_WORK_FIELDS).first()
     if connection is None:
+        return False
+    lease = DrainLease.objects.filter(connection_id=connection_id, shard=shard).values_list("not_before").first()
+    if lease and lease[0] and lease[0] > timezone.now():
         return False
     return _shard_has_due_work(connection, shard, claimed_through, timezone.now())
 
@@ -376,59 +400,74 @@ def _fail_oversized(connection: Connection, deliveries: list[Pending], report: D
 
 def _queue_resync_page(connection: Connection) -> bool:
     """Queue the next page of the running resync as deliveries, in one INSERT ... SELECT. Returns False when the
-    resync has finished. The connection row is locked, so that drains of other shards queue each page once."""
-    with transaction.atomic():
-        cursor_at, until = (
-            Connection.objects.select_for_update(no_key=True)
-            .filter(pk=connection.pk)
-            .values_list("resync_cursor", "resync_until")
-            .get()
-        )
-        if cursor_at is None:
-            return False  # finished, or cancelled by the audience's deletion
-        members = Membership.objects.filter(
-            audience_id=connection.audience_id, is_member=True, pk__gt=cursor_at, pk__lte=until or 0
-        ).order_by("pk")
-        page_end = members.values_list("pk", flat=True)[RESYNC_PAGE_SIZE - 1 : RESYNC_PAGE_SIZE].first()
-        page_end = (until or 0) if page_end is None else page_end
-        now = timezone.now()
-        deliveries_insert_lock([connection.pk])
-        with db_connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                INSERT INTO {Delivery._meta.db_table}
-                    (connection_id, shard, kind, user_id, is_member, uses_previous_identities, "timestamp", status,
-                     attempts, next_attempt_at, last_error, created_at)
-                SELECT %s, user_id %% %s, %s, user_id, %s, %s, last_changed_timestamp, %s, 0, %s, '', %s
-                FROM {Membership._meta.db_table}
-                WHERE audience_id = %s AND is_member = %s AND id > %s AND id <= %s
-                ORDER BY id
-                """,
-                [
-                    connection.pk, settings.DELIVERY_SHARDS, Delivery.Kind.RESYNC, True, False,
-                    Delivery.Status.PENDING, now, now, connection.audience_id, True, cursor_at, page_end,
-                ],
-            )  # fmt: skip
-            queued = cursor.rowcount
-        if not queued:
-            Connection.objects.filter(pk=connection.pk).update(resync_cursor=None)
-            return False
-        finished = page_end >= (until or 0)
-        Connection.objects.filter(pk=connection.pk).update(
-            resync_cursor=None if finished else page_end, resync_queued=F("resync_queued") + queued
-        )
-    connection_kick(connection.pk)  # the page spans every shard
+    resync has finished."""
+    queued = _resync_page_insert(connection)
+    if queued:
+        connection_kick(connection.pk)  # the page spans every shard
+    return queued
+
+
+@atomic_with_retry
+def _resync_page_insert(connection: Connection) -> bool:
+    # The connection row first, then its queue lock (project.transactions, steps 2 and 5), as a deletion of the
+    # audience takes them: drains of other shards wait, and queue each page once.
+    cursor_at, until = (
+        Connection.objects.select_for_update(no_key=True)
+        .filter(pk=connection.pk)
+        .values_list("resync_cursor", "resync_until")
+        .first()
+    ) or (None, None)
+    if cursor_at is None:
+        return False  # finished, or cancelled by the audience's deletion or the connection's
+    members = Membership.objects.filter(
+        audience_id=connection.audience_id, is_member=True, pk__gt=cursor_at, pk__lte=until or 0
+    ).order_by("pk")
+    page_end = members.values_list("pk", flat=True)[RESYNC_PAGE_SIZE - 1 : RESYNC_PAGE_SIZE].first()
+    page_end = (until or 0) if page_end is None else page_end
+    now = timezone.now()
+    shards = deliveries_insert_lock([connection.pk])
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {Delivery._meta.db_table}
+                (connection_id, shard, kind, user_id, is_member, uses_previous_identities, "timestamp", status,
+                 attempts, next_attempt_at, last_error, created_at)
+            SELECT %s, user_id %% %s, %s, user_id, %s, %s, last_changed_timestamp, %s, 0, %s, '', %s
+            FROM {Membership._meta.db_table}
+            WHERE audience_id = %s AND is_member = %s AND id > %s AND id <= %s
+            ORDER BY id
+            """,
+            [
+                connection.pk, shards, Delivery.Kind.RESYNC, True, False,
+                Delivery.Status.PENDING, now, now, connection.audience_id, True, cursor_at, page_end,
+            ],
+        )  # fmt: skip
+        queued = cursor.rowcount
+    if not queued:
+        Connection.objects.filter(pk=connection.pk).update(resync_cursor=None)
+        return False
+    finished = page_end >= (until or 0)
+    Connection.objects.filter(pk=connection.pk).update(
+        resync_cursor=None if finished else page_end, resync_queued=F("resync_queued") + queued
+    )
     return True
 
 
 # --- rate limit ---------------------------------------------------------------------------------------------------
 
 
-def _connection_for_drain(connection_id: int) -> Connection:
-    return Connection.objects.select_related("configuration", "audience").get(pk=connection_id)
+def _connection_for_drain(connection_id: int) -> Connection | None:
+    """The connection with what a drain reads of it; None once it was deleted."""
+    return Connection.objects.select_related("configuration", "audience").filter(pk=connection_id).first()
 
 
-def _reserve_send_slot(connection: Connection, batch: Batch) -> tuple[Connection, float]:
+class Slot(NamedTuple):
+    connection: Connection  # as it is now
+    wait: float  # seconds to wait before sending
+    cost: timedelta  # the batch's share of the rate limit
+
+
+def _reserve_send_slot(connection: Connection, batch: Batch) -> Slot:
     """Move the connection's `send_slot_at` on by the time this batch's records and bytes take at the allowed rate
     (GCRA, shared by every shard of the connection), and return the connection as it is now with the seconds to
     wait before sending. The update is atomic; a slot moved on by another shard in between only makes the wait
@@ -448,9 +487,22 @@ def _reserve_send_slot(connection: Connection, batch: Batch) -> tuple[Connection
             output_field=DateTimeField(),
         )
     )
-    connection = _connection_for_drain(connection.pk)
-    wait = (connection.send_slot_at - cost - timezone.now()).total_seconds()
-    return connection, wait
+    now_connection = _connection_for_drain(connection.pk)
+    if now_connection is None:  # deleted meanwhile
+        connection.status = Connection.Status.PAUSED
+        return Slot(connection, 0.0, cost)
+    if now_connection.send_slot_at is None:  # reset by a Resume or new rate settings meanwhile: go now
+        return Slot(now_connection, 0.0, timedelta(0))
+    wait = (now_connection.send_slot_at - cost - timezone.now()).total_seconds()
+    return Slot(now_connection, wait, cost)
+
+
+def _send_slot_give_back(connection: Connection, cost: timedelta) -> None:
+    """A batch that does not go now gives its place back: the slots taken by other shards since stay valid (their
+    waits only come out longer than needed)."""
+    Connection.objects.filter(pk=connection.pk, send_slot_at__isnull=False).update(
+        send_slot_at=ExpressionWrapper(F("send_slot_at") - Value(cost), output_field=DateTimeField())
+    )
 
 
 # --- send and record --------------------------------------------------------------------------------------------
@@ -458,7 +510,12 @@ def _reserve_send_slot(connection: Connection, batch: Batch) -> tuple[Connection
 
 def _send_batch(connection: Connection, batch: Batch, report: DrainReport) -> bool:
     """Send one batch and record the outcome. Returns True when Firehose accepted every record."""
-    credentials = connection_credentials(connection)
+    try:
+        credentials = connection_credentials(connection)
+    except firehose.FirehoseError as error:  # a secret that no key decrypts: no request can be signed
+        attempt = _attempt(connection, "PutRecordBatch", batch, timezone.now(), time.monotonic(), error=error)
+        _request_failed(connection, batch.deliveries, attempt, error, report, sample=batch.records[0])
+        return False
     if connection.batch_permitted:
         started, clock = timezone.now(), time.monotonic()
         try:
@@ -598,10 +655,10 @@ def _settle(
             updates.update(_send_rate_decreased(now))
         elif delivered_ids and connection.send_rate < 1:  # entries failing for other reasons are not congestion
             updates.update(send_rate=Least(F("send_rate") + SEND_RATE_INCREASE, 1.0))
+        failures_now = 0 if delivered_ids or not failures else _failures_so_far(connection) + 1
         if failures:
             first = failures[0]
             error = f"{first.code}: {first.message}"
-            failures_now = 0 if delivered_ids else connection.consecutive_failures + 1
             # Entries that failed alongside delivered ones are resent at once, unless Firehose asked to slow down;
             # a batch with nothing delivered backs off like a failed request.
             backoff = throttled or not delivered_ids
@@ -619,7 +676,7 @@ def _settle(
             elif throttled:
                 updates.update(next_attempt_at=retry_at)
         Connection.objects.filter(pk=connection.pk).update(**updates)
-        gives_up = not delivered_ids and connection.consecutive_failures + 1 > settings.FIREHOSE_RETRY_LIMIT
+        gives_up = failures_now > settings.FIREHOSE_RETRY_LIMIT
         stats_record(
             connection.pk,
             latencies=[(now - delivery.created_at).total_seconds() for delivery in delivered],
@@ -667,10 +724,11 @@ def _request_failed(
 ) -> None:
     """Record a request that failed as a whole: retry later with backoff, or fault the connection."""
     now = timezone.now()
-    failures = connection.consecutive_failures + 1
-    retry_at = now + timedelta(seconds=backoff_seconds(failures))
-    gives_up = not error.retryable or failures > settings.FIREHOSE_RETRY_LIMIT
+    gives_up = not error.retryable
     with transaction.atomic():
+        failures = _failures_so_far(connection) + 1
+        retry_at = now + timedelta(seconds=backoff_seconds(failures))
+        gives_up = gives_up or failures > settings.FIREHOSE_RETRY_LIMIT
         Delivery.objects.filter(pk__in=[delivery.pk for delivery in deliveries]).update(
             attempts=F("attempts") + 1, last_attempt=attempt, last_error=str(error), next_attempt_at=retry_at
         )
@@ -689,6 +747,18 @@ def _request_failed(
         _fault(connection, error.alert or firehose.ALERT_INTERNAL_SERVER_ERROR, error.plain_words, sample=sample)
     elif failures > settings.FIREHOSE_RETRY_LIMIT:
         _fault(connection, firehose.ALERT_RETRY_LIMIT_EXCEEDED, _retry_limit_message(error.code), sample=sample)
+
+
+def _failures_so_far(connection: Connection) -> int:
+    """The connection's failures in a row as they are now, locked until the transaction ends: not the drain's copy,
+    read before an operator's Resume may have started a fresh budget."""
+    row = (
+        Connection.all_objects.select_for_update(no_key=True)
+        .filter(pk=connection.pk)
+        .values_list("consecutive_failures", flat=True)
+        .first()
+    )
+    return row or 0
 
 
 def _unless_faulted(error: str) -> Case:
@@ -732,23 +802,32 @@ def _fault(connection: Connection, alert: str, message: str, *, sample: bytes | 
 
 
 def connections_sweep() -> list[tuple[int, int]]:
-    """Kick every shard of an active connection with due work and no live drain. Recovers lost kicks and scheduled
-    retries. Returns the (connection, shard) pairs kicked."""
+    """Kick every shard of an active connection with due work and no live drain, unless a kick already waits for
+    it. Recovers lost kicks, scheduled retries and shards parked by the rate limit. Returns the (connection, shard)
+    pairs kicked."""
     now = timezone.now()
     leases = {
-        (connection_id, shard): (expires_at, claimed_through)
-        for connection_id, shard, expires_at, claimed_through in DrainLease.objects.filter(
+        (connection_id, shard): (expires_at, claimed_through, not_before)
+        for connection_id, shard, expires_at, claimed_through, not_before in DrainLease.objects.filter(
             connection__status=Connection.Status.ACTIVE
-        ).values_list("connection_id", "shard", "expires_at", "claimed_through")
+        ).values_list("connection_id", "shard", "expires_at", "claimed_through", "not_before")
     }
-    kicked = []
+    shards = delivery_shard_count()
+    if shards != settings.DELIVERY_SHARDS:
+        logger.warning(
+            "DELIVERY_SHARDS is %s here but the database splits the backlogs into %s shards: run manage.py migrate "
+            "(or manage.py reshard_deliveries) to change it.",
+            settings.DELIVERY_SHARDS,
+            shards,
+        )
+    due = []
     for connection in Connection.objects.filter(status=Connection.Status.ACTIVE).only(*_DUE_WORK_FIELDS):
-        for shard in range(settings.DELIVERY_SHARDS):
-            expires_at, claimed_through = leases.get((connection.pk, shard), (None, 0))
+        for shard in range(shards):
+            expires_at, claimed_through, not_before = leases.get((connection.pk, shard), (None, 0, None))
             if expires_at is not None and expires_at >= now:
                 continue  # a drain is running on it
+            if not_before is not None and not_before > now:
+                continue  # waiting for its place under the rate limit
             if _shard_has_due_work(connection, shard, claimed_through, now):
-                kicked.append((connection.pk, shard))
-    for connection_id, shard in kicked:
-        connection_kick(connection_id, shard, force=True)
-    return kicked
+                due.append((connection.pk, shard))
+    return [(connection_id, shard) for connection_id, shard in due if connection_kick(connection_id, shard)]

@@ -14,9 +14,11 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.conf import settings
+
+from .endpoints import EndpointRefused, client_connections_checked, endpoint_url_error
 
 MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -31,6 +33,8 @@ ALERT_STREAM_NOT_FOUND = "Stream Not Found"
 ALERT_STREAM_NOT_ACTIVE = "Stream Not Active"
 ALERT_RECORD_TOO_LARGE = "Record Too Large"
 ALERT_BATCH_NOT_PERMITTED = "Batch Not Permitted"
+ALERT_ENDPOINT_NOT_USABLE = "Endpoint Not Usable"
+ALERT_CREDENTIALS_NOT_USABLE = "Credentials Not Usable"
 
 ACCESS_DENIED_CODES = frozenset(
     {
@@ -66,7 +70,7 @@ PLAIN_WORDS: dict[str, str] = {
 
 
 _XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
-_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9.]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -107,34 +111,81 @@ class EntryFailure:
     message: str
 
 
-_clients: dict[Credentials, Any] = {}
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    read: float
+
+
+def delivery_timeouts() -> Timeouts:
+    return Timeouts(settings.FIREHOSE_CONNECT_TIMEOUT_SECONDS, settings.FIREHOSE_READ_TIMEOUT_SECONDS)
+
+
+# Test connection runs in a web request: an operator waits for it, so it gives up sooner than a delivery.
+TEST_TIMEOUTS = Timeouts(connect=2.0, read=3.0)
+
+_clients: dict[tuple[Credentials, Timeouts], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def client_for(credentials: Credentials) -> Any:
-    """A cached boto3 client: retries are ours (scheduled in the database), so botocore makes exactly one try."""
+def endpoint_not_usable(endpoint_url: str, reason: str) -> FirehoseError:
+    return FirehoseError(
+        "EndpointNotUsable",
+        f"The Endpoint URL {_without_userinfo(endpoint_url)} cannot be used: {reason} "
+        "Correct it in the configuration (or leave it blank for AWS), then Resume the connection.",
+        retryable=False,
+        alert=ALERT_ENDPOINT_NOT_USABLE,
+    )
+
+
+def _without_userinfo(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if rest else url
+
+
+def client_for(credentials: Credentials, timeouts: Timeouts | None = None) -> Any:
+    """A cached boto3 client: retries are ours (scheduled in the database), so botocore makes exactly one try.
+    Raises FirehoseError when the endpoint cannot be used."""
+    timeouts = timeouts or delivery_timeouts()
     with _clients_lock:
-        client = _clients.get(credentials)
+        client = _clients.get((credentials, timeouts))
         if client is None:
-            config = Config(
-                parameter_validation=False,  # we build the requests; validating 500 records costs more than sending
-                retries={"total_max_attempts": 1, "mode": "standard"},
-                connect_timeout=settings.FIREHOSE_CONNECT_TIMEOUT_SECONDS,
-                read_timeout=settings.FIREHOSE_READ_TIMEOUT_SECONDS,
-                max_pool_connections=4,
-            )
-            client = boto3.session.Session().client(
-                "firehose",
-                region_name=credentials.region,
-                aws_access_key_id=credentials.access_key_id,
-                aws_secret_access_key=credentials.secret_access_key,
-                endpoint_url=credentials.endpoint_url or None,
-                config=config,
-            )
+            client = _client_create(credentials, timeouts)
             if len(_clients) > 256:
                 _clients.clear()
-            _clients[credentials] = client
+            _clients[(credentials, timeouts)] = client
         return client
+
+
+def _client_create(credentials: Credentials, timeouts: Timeouts) -> Any:
+    endpoint_url = credentials.endpoint_url
+    if endpoint_url and (reason := endpoint_url_error(endpoint_url)):
+        raise endpoint_not_usable(endpoint_url, reason)
+    config = Config(
+        parameter_validation=False,  # we build the requests; validating 500 records costs more than sending
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.read,
+        max_pool_connections=4,
+    )
+    try:
+        client = boto3.session.Session().client(
+            "firehose",
+            region_name=credentials.region,
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+            endpoint_url=endpoint_url or None,
+            config=config,
+        )
+    except ValueError:  # botocore refuses the URL: a host name it cannot use, a malformed address
+        raise endpoint_not_usable(
+            endpoint_url,
+            "botocore does not accept it (write an internationalised host name in its xn-- form, an IPv6 address "
+            "in brackets).",
+        ) from None
+    if endpoint_url:
+        client_connections_checked(client)
+    return client
 
 
 def scrub(text: str, credentials: Credentials) -> str:
@@ -145,26 +196,12 @@ def scrub(text: str, credentials: Credentials) -> str:
 
 
 def classify(exc: Exception, credentials: Credentials) -> FirehoseError:
+    if isinstance(exc, FirehoseError):
+        return exc
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "Unknown")
-        message = str(error.get("Message") or "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if message.lstrip().startswith("<"):
-            # Some gateways and emulators answer a JSON-protocol call with an XML error document.
-            inner_code, inner_message = _XML_CODE.search(message), _XML_MESSAGE.search(message)
-            code = inner_code.group(1) if inner_code else code
-            message = inner_message.group(1) if inner_message else message
-        code, message = scrub(code, credentials)[:128], scrub(message, credentials)
-        if code in PERMANENT_CODES:
-            return FirehoseError(code, message, retryable=False, alert=PERMANENT_CODES[code], status=status)
-        if code == "InvalidArgumentException" and "size" in message.lower():
-            return FirehoseError(code, message, retryable=False, alert=ALERT_RECORD_TOO_LARGE, status=status)
-        if code == THROTTLED or (status or 0) >= 500:
-            return FirehoseError(code, message, retryable=True, alert=ALERT_INTERNAL_SERVER_ERROR, status=status)
-        if status in (401, 403):
-            return FirehoseError(code, message, retryable=False, alert=ALERT_ACCESS_DENIED, status=status)
-        return FirehoseError(code, message, retryable=True, alert=ALERT_INTERNAL_SERVER_ERROR, status=status)
+        return _classify_answer(exc, credentials)
+    if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), EndpointRefused):
+        return endpoint_not_usable(credentials.endpoint_url, f"{exc.kwargs['error']}.")
     if isinstance(exc, BotoConnectionError):
         return FirehoseError(type(exc).__name__, scrub(str(exc), credentials), retryable=True, alert=None)
     if isinstance(exc, BotoCoreError):
@@ -172,11 +209,35 @@ def classify(exc: Exception, credentials: Credentials) -> FirehoseError:
     return FirehoseError(type(exc).__name__, scrub(str(exc), credentials), retryable=True, alert=None)
 
 
+def _classify_answer(exc: ClientError, credentials: Credentials) -> FirehoseError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code") or "Unknown")
+    message = str(error.get("Message") or "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code.isdigit():
+        # Not an AWS JSON error (botocore gives the HTTP status as the code and the body as the message): whatever
+        # answered is not Firehose, and its body is never stored or shown. An XML error document's code is kept.
+        inner_code = _XML_CODE.search(message) if message.lstrip().startswith("<") else None
+        code = inner_code.group(1) if inner_code and _TOKEN.fullmatch(inner_code.group(1)) else code
+        message = f"unexpected HTTP {status or code} answer from the endpoint"
+    code, message = scrub(code, credentials)[:128], scrub(message, credentials)
+    if code in PERMANENT_CODES:
+        return FirehoseError(code, message, retryable=False, alert=PERMANENT_CODES[code], status=status)
+    if code == "InvalidArgumentException" and "size" in message.lower():
+        return FirehoseError(code, message, retryable=False, alert=ALERT_RECORD_TOO_LARGE, status=status)
+    if code == THROTTLED or (status or 0) >= 500:
+        return FirehoseError(code, message, retryable=True, alert=ALERT_INTERNAL_SERVER_ERROR, status=status)
+    if status in (401, 403):
+        return FirehoseError(code, message, retryable=False, alert=ALERT_ACCESS_DENIED, status=status)
+    return FirehoseError(code, message, retryable=True, alert=ALERT_INTERNAL_SERVER_ERROR, status=status)
+
+
 def put_record_batch(credentials: Credentials, stream_name: str, records: list[bytes]) -> list[EntryFailure]:
     """Send one PutRecordBatch. Returns the failed entries (empty when all were accepted); raises FirehoseError."""
-    client = client_for(credentials)
     try:
-        response = client.put_record_batch(DeliveryStreamName=stream_name, Records=[{"Data": data} for data in records])
+        response = client_for(credentials).put_record_batch(
+            DeliveryStreamName=stream_name, Records=[{"Data": data} for data in records]
+        )
     except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes unclassified
         raise classify(exc, credentials) from None
     if not response.get("FailedPutCount"):
@@ -189,9 +250,8 @@ def put_record_batch(credentials: Credentials, stream_name: str, records: list[b
 
 
 def put_record(credentials: Credentials, stream_name: str, record: bytes) -> None:
-    client = client_for(credentials)
     try:
-        client.put_record(DeliveryStreamName=stream_name, Record={"Data": record})
+        client_for(credentials).put_record(DeliveryStreamName=stream_name, Record={"Data": record})
     except Exception as exc:  # noqa: BLE001
         raise classify(exc, credentials) from None
 
@@ -204,10 +264,13 @@ class StreamDescription:
     type: str
 
 
-def describe_delivery_stream(credentials: Credentials, stream_name: str) -> StreamDescription:
-    client = client_for(credentials)
+def describe_delivery_stream(
+    credentials: Credentials, stream_name: str, timeouts: Timeouts | None = None
+) -> StreamDescription:
     try:
-        description = client.describe_delivery_stream(DeliveryStreamName=stream_name)["DeliveryStreamDescription"]
+        description = client_for(credentials, timeouts).describe_delivery_stream(DeliveryStreamName=stream_name)[
+            "DeliveryStreamDescription"
+        ]
     except Exception as exc:  # noqa: BLE001
         raise classify(exc, credentials) from None
     return StreamDescription(

@@ -10,6 +10,7 @@ from audiences.identities import IDENTITY_KEY_SET
 from audiences.models import Audience, MembershipChange, User
 
 from . import crypto
+from .endpoints import endpoint_url_error
 from .regions import FIREHOSE_REGIONS, Quota, region_quota
 
 STREAM_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,64}$"
@@ -33,6 +34,13 @@ def validate_region(value: str) -> None:
         raise ValidationError(f"'{value}' is not a Firehose region code (for example us-east-1).")
 
 
+def validate_endpoint_url(value: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    if value and (message := endpoint_url_error(value)):
+        raise ValidationError(message)
+
+
 class Configuration(models.Model):
     """Configuration Settings: the IAM credentials, reused by many connections. The secret is encrypted at rest."""
 
@@ -52,7 +60,9 @@ class Configuration(models.Model):
         "Endpoint URL",
         blank=True,
         default="",
-        help_text="Optional: a VPC endpoint or a local emulator, http or https.",
+        help_text="Optional: a VPC endpoint or a local emulator, http or https (never a cloud metadata or "
+        "link-local address).",
+        validators=[validate_endpoint_url],
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -74,6 +84,14 @@ class Configuration(models.Model):
     @property
     def access_key_hint(self) -> str:
         return f"…{self.access_key_id[-4:]}" if self.access_key_id else ""
+
+
+class LiveConnectionManager(models.Manager):
+    """Connections not being deleted. A deleted connection disappears at once from every list, lookup and outbox
+    query; its rows are purged in the background (`connections_purge_deleted`), through `Connection.all_objects`."""
+
+    def get_queryset(self) -> models.QuerySet:
+        return super().get_queryset().filter(deleted_at__isnull=True)
 
 
 class Connection(models.Model):
@@ -159,9 +177,17 @@ class Connection(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Set when deleted: its rows are being purged."
+    )
+
+    all_objects = models.Manager()
+    objects = LiveConnectionManager()
 
     class Meta:
         ordering = ["id"]
+        default_manager_name = "objects"
+        base_manager_name = "all_objects"
         permissions = [("operate_connection", "Can test, resync, pause and resume connections")]
 
     def __str__(self) -> str:
@@ -215,12 +241,33 @@ class DrainLease(models.Model):
         help_text="Every delivery of the shard up to this id is settled: claims start after it, without walking "
         "the index entries of rows already delivered.",
     )
+    not_before = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The shard's next batch waits for its place under the rate limit until then: no drain takes the "
+        "shard before (a drain never sleeps longer than a slice of its lease).",
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "shard"], name="lease_unique_connection_shard")]
 
     def __str__(self) -> str:
         return f"shard {self.shard} of connection #{self.connection_id}"
+
+
+class DeliveryLayout(models.Model):
+    """The one row that says how many shards the backlogs are split into. Every process reads it from here, whatever
+    its own DELIVERY_SHARDS says, so that no row is queued in a shard nobody drains; `delivery_shards_change` moves
+    the pending and failed deliveries to a new count (run by `manage.py migrate` when DELIVERY_SHARDS changed)."""
+
+    shards = models.PositiveSmallIntegerField()
+    changing_to = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Set while the deliveries move to this shard count: no drain runs meanwhile."
+    )
+    changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.shards} delivery shards"
 
 
 class Delivery(models.Model):
@@ -332,6 +379,8 @@ class SystemAlert(models.Model):
         STREAM_NOT_ACTIVE = "Stream Not Active", "Stream Not Active"
         RECORD_TOO_LARGE = "Record Too Large", "Record Too Large"
         BATCH_NOT_PERMITTED = "Batch Not Permitted", "Batch Not Permitted"
+        ENDPOINT_NOT_USABLE = "Endpoint Not Usable", "Endpoint Not Usable"
+        CREDENTIALS_NOT_USABLE = "Credentials Not Usable", "Credentials Not Usable"
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="alerts")
     type = models.CharField(max_length=64, choices=Type.choices)

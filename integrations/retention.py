@@ -5,6 +5,9 @@ Only what is finished goes: delivered and skipped deliveries, and attempts that 
 hours past the window. Pending and failed deliveries stay until they are resolved, and so do their last attempts;
 the all-time counters and the alert rows stay. Membership changes are the append-only log and are never purged here.
 
+A deleted connection's rows all go, in the same kind of batches (`connections_purge_deleted`), then the connection
+row itself, once no drain holds one of its leases.
+
 Rows go in small batches, each selected with a LIMIT on an index and deleted by id in its own short transaction,
 so the purge never holds a long lock and never runs one unbounded DELETE. A time budget bounds one run, and the task
 (integrations.tasks.purge_deliveries) queues another at once when rows were left.
@@ -19,7 +22,16 @@ from datetime import datetime, timedelta
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from .models import ALL_TIME, AlertHourlyCount, Connection, Delivery, DeliveryAttempt, DeliveryStats
+from .models import (
+    ALL_TIME,
+    AlertHourlyCount,
+    Connection,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStats,
+    DrainLease,
+    SystemAlert,
+)
 
 PURGE_BATCH_SIZE = 5000
 PURGE_TIME_BUDGET_SECONDS = 60.0
@@ -79,6 +91,40 @@ def deliveries_purge(
         report.hourly_rows += _purge(rows, "hour", batch_size, deadline, report)
         if not report.finished:
             return report
+    return report
+
+
+def connections_purge_deleted(
+    *, batch_size: int = PURGE_BATCH_SIZE, time_budget: float = PURGE_TIME_BUDGET_SECONDS
+) -> PurgeReport:
+    """Delete the rows of deleted connections, then the connections, in batches; `finished` is False when the time
+    budget ran out with rows left. A connection one of whose drains still holds its lease keeps its row until the
+    next run (hourly, with the retention purge)."""
+    deadline = time.monotonic() + time_budget
+    report = PurgeReport()
+    deleted = list(Connection.all_objects.filter(deleted_at__isnull=False).order_by("pk").values_list("pk", flat=True))
+    for connection_id in deleted:
+        for rows, order in (
+            *(
+                (Delivery.objects.filter(connection_id=connection_id, status=status), "created_at")
+                for status in Delivery.Status.values
+            ),
+            (DeliveryAttempt.objects.filter(connection_id=connection_id), "started_at"),
+            (DeliveryStats.objects.filter(connection_id=connection_id), "hour"),
+            (SystemAlert.objects.filter(connection_id=connection_id), "last_seen"),
+        ):
+            purged = _purge(rows, order, batch_size, deadline, report)
+            report.deliveries += purged if rows.model is Delivery else 0
+            report.attempts += purged if rows.model is DeliveryAttempt else 0
+            if not report.finished:
+                return report
+        # A drain that took its lease before the deletion may still record its last batch: wait for it.
+        draining = DrainLease.objects.filter(connection_id=connection_id, expires_at__gt=timezone.now()).exclude(
+            token=""
+        )
+        if draining.exists():
+            continue
+        Connection.all_objects.filter(pk=connection_id).delete()  # with what a drain recorded meanwhile
     return report
 
 

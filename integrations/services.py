@@ -8,8 +8,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
+from cryptography.fernet import InvalidToken
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import connection as db_connection
 from django.db import transaction
 from django.db.models import F, Min
@@ -17,8 +18,10 @@ from django.db.models.functions import Least
 from django.utils import timezone
 
 from audiences.models import Audience, Membership, MembershipChange
+from project.transactions import atomic_with_retry
 
 from . import firehose
+from .layout import delivery_layout_lock_shared, delivery_shard_count
 from .models import Configuration, Connection, Delivery, DrainLease
 
 logger = logging.getLogger(__name__)
@@ -31,9 +34,13 @@ DELIVERY_LOCK_SPACE = 7_246_001  # the first key of the advisory locks of delive
 
 
 BROKER_RETRY_AFTER_SECONDS = 5.0
+# A kick expires in the broker after this long (a worker that takes it later drops it): a drain that late would only
+# find what the sweep has kicked since.
+KICK_EXPIRES_SECONDS = 300
 # A kick already queued for a shard makes another one useless: at most one waits per shard (the drain task clears
-# its mark as it starts). The mark expires on its own, in case its task was lost with the broker.
-KICK_PENDING_SECONDS = 60
+# its mark as it starts). The mark lasts as long as the kick can, so that a kick lost with the broker is replaced by
+# the sweep once it could no longer run anyway.
+KICK_PENDING_SECONDS = KICK_EXPIRES_SECONDS
 _broker_down_until = 0.0
 
 
@@ -41,26 +48,30 @@ def kick_pending_key(connection_id: int, shard: int) -> str:
     return f"kick:{connection_id}:{shard}"
 
 
-def connection_kick(connection_id: int, shard: int | None = None, *, force: bool = False) -> None:
-    """Ask workers to drain a connection: one shard, or every shard. Best effort: when the broker is down, the beat
-    sweep kicks them later (with `force`, past the marks of kicks that may have been lost).
+def connection_kick(connection_id: int, shard: int | None = None) -> bool:
+    """Ask workers to drain a connection: one shard, or every shard, unless a kick already waits for it. Best
+    effort: when the broker is down, the beat sweep kicks later. Returns whether a kick was queued.
 
     After a failed publish, kicks are skipped for a few seconds, so that requests do not each wait for the broker.
     """
     global _broker_down_until
     from .tasks import drain_connection
 
-    shards = range(settings.DELIVERY_SHARDS) if shard is None else (shard,)
+    shards = range(delivery_shard_count(cached=True)) if shard is None else (shard,)
+    queued = False
     for each in shards:
         if time.monotonic() < _broker_down_until:
-            return
-        if not force and not _kick_mark(connection_id, each):
+            return queued
+        if not _kick_mark(connection_id, each):
             continue  # a kick is already waiting for this shard
         try:
-            drain_connection.apply_async((connection_id, each), expires=300)
+            drain_connection.apply_async((connection_id, each), expires=KICK_EXPIRES_SECONDS)
+            queued = True
         except Exception:  # noqa: BLE001 - a lost kick is recovered by the sweep, it must not fail the caller
+            kick_taken(connection_id, each)
             _broker_down_until = time.monotonic() + BROKER_RETRY_AFTER_SECONDS
             logger.warning("Could not queue a drain of connection %s; the sweep will pick it up.", connection_id)
+    return queued
 
 
 def _kick_mark(connection_id: int, shard: int) -> bool:
@@ -91,7 +102,8 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> None:
     """Write the deliveries of freshly saved changes, in change order, and kick the active connections concerned.
 
     Must run inside the transaction that saved the changes: a change and its deliveries commit together. Each change
-    needs `pk`, `audience_id`, `user_id`, `kind` and `timestamp`.
+    needs `pk`, `audience_id`, `user_id`, `kind` and `timestamp`. The audiences are locked against connections being
+    created or deleted (project.transactions, step 2), so the connections read here are those at commit.
     """
     audience_ids = {change.audience_id for change in changes}
     connections: dict[int, list[tuple[int, bool]]] = {}
@@ -104,33 +116,36 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> None:
             active.add(connection_id)
     if not connections:
         return
-    deliveries_insert_lock(connection_id for items in connections.values() for connection_id, _ in items)
+    shards = deliveries_insert_lock(connection_id for items in connections.values() for connection_id, _ in items)
     if db_connection.vendor == "postgresql":
-        _deliveries_insert_select([change.pk for change in changes])
+        _deliveries_insert_select([change.pk for change in changes], shards)
     else:
-        _deliveries_bulk_create(changes, connections)
+        _deliveries_bulk_create(changes, connections, shards)
     connections_kick_on_commit(active)  # a paused or faulted connection is kicked when it resumes
 
 
-def deliveries_insert_lock(connection_ids: Iterable[int]) -> None:
-    """Hold, until the transaction ends, the right to queue deliveries on these connections.
+def deliveries_insert_lock(connection_ids: Iterable[int]) -> int:
+    """Hold, until the transaction ends, the right to queue deliveries on these connections; returns the shard count
+    to queue them with (held as well).
 
     So a connection's deliveries become visible in id order: a transaction takes its ids only after the previous
     one committed. A drain can then start each claim after the last id it settled (`DrainLease.claimed_through`)
     without missing a row that committed late with a lower id. Locks are taken in id order (no deadlock); SQLite
     runs one writing transaction at a time anyway.
     """
+    shards = delivery_layout_lock_shared()
     if db_connection.vendor != "postgresql":
-        return
+        return shards
     with db_connection.cursor() as cursor:
         cursor.execute(
             # Two int4 keys: a space of our own, and the id (ids past 2**31 share a lock: more waiting, never less).
             "SELECT pg_advisory_xact_lock(%s, (id %% 2147483647)::int) FROM unnest(%s::bigint[]) AS id ORDER BY id",
             [DELIVERY_LOCK_SPACE, sorted(set(connection_ids))],
         )
+    return shards
 
 
-def _deliveries_insert_select(change_ids: list[int]) -> None:
+def _deliveries_insert_select(change_ids: list[int], shards: int) -> None:
     """One INSERT ... SELECT from the saved changes and their audiences' connections: no row passes through Python.
     Ids follow the ORDER BY, so that a user's deliveries keep the order of the user's changes (the IsMember false
     record of an identity change first)."""
@@ -144,7 +159,8 @@ def _deliveries_insert_select(change_ids: list[int]) -> None:
             SELECT connection.id, change.user_id %% %(shards)s, %(kind)s, change.id, change.user_id, step.is_member,
                    step.uses_previous_identities, change."timestamp", %(pending)s, 0, %(now)s, '', %(now)s
             FROM {MembershipChange._meta.db_table} AS change
-            JOIN {Connection._meta.db_table} AS connection ON connection.audience_id = change.audience_id
+            JOIN {Connection._meta.db_table} AS connection
+              ON connection.audience_id = change.audience_id AND connection.deleted_at IS NULL
             JOIN {Configuration._meta.db_table} AS configuration ON configuration.id = connection.configuration_id
             CROSS JOIN LATERAL (
                 VALUES (0, false, true), (1, change.kind <> %(left)s, false)
@@ -155,7 +171,7 @@ def _deliveries_insert_select(change_ids: list[int]) -> None:
             ORDER BY change.id, connection.id, step.number
             """,
             {
-                "shards": settings.DELIVERY_SHARDS,
+                "shards": shards,
                 "kind": Delivery.Kind.CHANGE,
                 "pending": Delivery.Status.PENDING,
                 "now": now,
@@ -167,10 +183,9 @@ def _deliveries_insert_select(change_ids: list[int]) -> None:
 
 
 def _deliveries_bulk_create(
-    changes: Sequence[MembershipChange], connections: dict[int, list[tuple[int, bool]]]
+    changes: Sequence[MembershipChange], connections: dict[int, list[tuple[int, bool]]], shards: int
 ) -> None:
     now = timezone.now()
-    shards = settings.DELIVERY_SHARDS
     deliveries = []
     for change in changes:
         for connection_id, send_remove in connections.get(change.audience_id, ()):
@@ -194,7 +209,13 @@ def deliveries_create_for_audience_deletion(*, audience: Audience, timestamp: in
     """One `AudienceDeleted` record per connection, queued after everything already pending (in shard 0, where it
     waits until the other shards have sent what was queued before it)."""
     now = timezone.now()
-    connection_ids = list(audience.connections.values_list("id", flat=True))
+    # Connection rows before their queue locks (project.transactions, steps 3 and 5), as a resync page takes them.
+    connection_ids = list(
+        Connection.objects.select_for_update(no_key=True)
+        .filter(audience=audience)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
     deliveries_insert_lock(connection_ids)
     Delivery.objects.bulk_create(
         Delivery(
@@ -239,21 +260,44 @@ def configuration_update(*, configuration: Configuration, secret_access_key: str
     """Change settings. A blank secret keeps the stored one; any other value replaces it."""
     for field, value in fields.items():
         setattr(configuration, field, value)
+    changed = [*fields, "updated_at"]
     if secret_access_key:
         configuration.secret_access_key = secret_access_key
+        changed.append("encrypted_secret_access_key")
     configuration.full_clean()
-    configuration.save()
+    configuration.save(update_fields=changed)
     return configuration
 
 
 # --- connections ------------------------------------------------------------------------------------------------
 
+# Changing one of these changes the rate the connection may send at: the send slot starts again from now.
+RATE_FIELDS = frozenset({"max_records_per_second", "max_bytes_per_second", "region"})
 
-@transaction.atomic
+
+class AudienceGone(Exception):
+    pass
+
+
+def _audience_lock_exclusive(audience_id: int) -> Audience:
+    """Lock the audience against batches of changes until the transaction ends (project.transactions, step 2): the
+    open ones commit first, later ones wait, so a connection is created or deleted between two batches, never
+    during one."""
+    audience = Audience.objects.select_for_update().get(pk=audience_id)
+    if audience.is_deleted:
+        raise AudienceGone(audience_id)
+    return audience
+
+
+@atomic_with_retry
 def connection_create(*, audience: Audience, configuration: Configuration, **fields: Any) -> Connection:
     """Create a connection; an active one starts its initial sync (one IsMember true record per member)."""
     connection = Connection(audience=audience, configuration=configuration, **fields)
     connection.full_clean()
+    try:
+        _audience_lock_exclusive(audience.pk)
+    except AudienceGone:
+        raise ValidationError({"audience": [f"The audience #{audience.pk} was deleted."]}) from None
     connection.save()
     if connection.status == Connection.Status.ACTIVE:
         connection_resync(connection=connection)
@@ -262,12 +306,21 @@ def connection_create(*, audience: Audience, configuration: Configuration, **fie
 
 @transaction.atomic
 def connection_update(*, connection: Connection, **fields: Any) -> Connection:
+    """Change settings; only the fields given are written (the drains write the connection's counters meanwhile)."""
     for field, value in fields.items():
         setattr(connection, field, value)
     connection.full_clean()
-    connection.save()
+    connection.save(update_fields=[*fields, "updated_at"])
+    if RATE_FIELDS & set(fields):
+        _send_slot_reset(connection.pk)
     connections_kick_on_commit([connection.pk])
     return connection
+
+
+def _send_slot_reset(connection_id: int) -> None:
+    """The rate limit starts again from now: no batch waits for a place reserved under the old settings."""
+    Connection.objects.filter(pk=connection_id).update(send_slot_at=None)
+    DrainLease.objects.filter(connection_id=connection_id).update(not_before=None)
 
 
 @transaction.atomic
@@ -300,7 +353,7 @@ def connection_pause(*, connection: Connection) -> Connection:
 
 @transaction.atomic
 def connection_resume(*, connection: Connection) -> Connection:
-    """Back to active with a fresh retry budget: the backlog is sent in order."""
+    """Back to active with a fresh retry budget and a fresh send slot: the backlog is sent in order."""
     Connection.objects.filter(pk=connection.pk).update(
         status=Connection.Status.ACTIVE,
         consecutive_failures=0,
@@ -308,9 +361,33 @@ def connection_resume(*, connection: Connection) -> Connection:
         batch_permitted=True,
         updated_at=timezone.now(),
     )
+    _send_slot_reset(connection.pk)
     connection.refresh_from_db()
     connections_kick_on_commit([connection.pk])
     return connection
+
+
+@atomic_with_retry
+def connection_delete(*, connection: Connection) -> None:
+    """Delete a connection: it disappears at once (and stops sending); its deliveries, attempts, counters and alerts
+    are purged in the background, in short batches (`connections_purge_deleted`)."""
+    try:
+        _audience_lock_exclusive(connection.audience_id)
+    except AudienceGone:
+        pass  # its deletion record is queued or sent: nothing more goes out on it either way
+    Connection.objects.filter(pk=connection.pk).update(
+        deleted_at=timezone.now(), status=Connection.Status.PAUSED, resync_cursor=None
+    )
+    from .tasks import purge_deleted_connections
+
+    transaction.on_commit(lambda: _publish(purge_deleted_connections))
+
+
+def _publish(task: Any) -> None:
+    try:
+        task.apply_async(expires=3600)
+    except Exception:  # noqa: BLE001 - the hourly retention purges what a lost task left
+        logger.warning("Could not queue %s; the hourly retention will run it.", task.name)
 
 
 @dataclass(frozen=True)
@@ -322,19 +399,34 @@ class ConnectionTestResult:
 
 
 def connection_credentials(connection: Connection) -> firehose.Credentials:
+    """The connection's credentials, decrypted in memory; FirehoseError (permanent) when no key decrypts them."""
     configuration = connection.configuration
+    try:
+        secret_access_key = configuration.secret_access_key
+    except InvalidToken:
+        raise firehose.FirehoseError(
+            "SecretNotDecryptable",
+            "No key of FIELD_ENCRYPTION_KEYS decrypts the configuration's Secret Access Key: add the key it was "
+            "encrypted with to FIELD_ENCRYPTION_KEYS (then run manage.py rotate_encryption_keys), or enter the "
+            "secret again in the configuration, then Resume the connection.",
+            retryable=False,
+            alert=firehose.ALERT_CREDENTIALS_NOT_USABLE,
+        ) from None
     return firehose.Credentials(
         access_key_id=configuration.access_key_id,
-        secret_access_key=configuration.secret_access_key,
+        secret_access_key=secret_access_key,
         region=connection.region,
         endpoint_url=configuration.endpoint_url,
     )
 
 
 def connection_test(*, connection: Connection) -> ConnectionTestResult:
-    """DescribeDeliveryStream: the stream's status and ARN, or what went wrong in plain words."""
+    """DescribeDeliveryStream: the stream's status and ARN, or what went wrong in plain words, within a few seconds
+    (short timeouts: an operator is waiting)."""
     try:
-        stream = firehose.describe_delivery_stream(connection_credentials(connection), connection.stream_name)
+        stream = firehose.describe_delivery_stream(
+            connection_credentials(connection), connection.stream_name, firehose.TEST_TIMEOUTS
+        )
     except firehose.FirehoseError as error:
         Connection.objects.filter(pk=connection.pk).update(last_tested_at=timezone.now())
         return ConnectionTestResult(ok=False, error=error.plain_words)
@@ -350,6 +442,21 @@ def connection_test(*, connection: Connection) -> ConnectionTestResult:
     return ConnectionTestResult(ok=True, stream_status=stream.status, stream_arn=stream.arn)
 
 
+@atomic_with_retry
+def _failed_requeue(connection: Connection, delivery_ids: Sequence[int] | None) -> int:
+    failed = Delivery.objects.filter(connection=connection, status=Delivery.Status.FAILED)
+    if delivery_ids is not None:
+        failed = failed.filter(pk__in=list(delivery_ids))
+    oldest = failed.values("shard").annotate(first=Min("pk")).order_by()
+    for row in oldest:  # a shard without a lease row yet starts its claims from the beginning anyway
+        DrainLease.objects.filter(connection=connection, shard=row["shard"]).update(
+            claimed_through=Least(F("claimed_through"), row["first"] - 1), token="", expires_at=None
+        )
+    return failed.update(
+        status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), last_error="", delivered_at=None
+    )
+
+
 def deliveries_retry_failed(*, connection: Connection, delivery_ids: Sequence[int] | None = None) -> int:
     """Queue the connection's failed deliveries again (all of them, or these), like Svix's Recover Failed: they are
     sent with the connection's current settings, after the records of their users delivered meanwhile. Returns how
@@ -358,18 +465,7 @@ def deliveries_retry_failed(*, connection: Connection, delivery_ids: Sequence[in
     Claims start after each shard's `claimed_through`, so it is moved back before the oldest requeued delivery; the
     shards' leases are released with it, so that a drain running now stops at its next renewal instead of writing
     its own, later `claimed_through` back (the batch it has in flight may then be sent twice, never lost)."""
-    with transaction.atomic():
-        failed = Delivery.objects.filter(connection=connection, status=Delivery.Status.FAILED)
-        if delivery_ids is not None:
-            failed = failed.filter(pk__in=list(delivery_ids))
-        oldest = failed.values("shard").annotate(first=Min("pk")).order_by()
-        for row in oldest:  # a shard without a lease row yet starts its claims from the beginning anyway
-            DrainLease.objects.filter(connection=connection, shard=row["shard"]).update(
-                claimed_through=Least(F("claimed_through"), row["first"] - 1), token="", expires_at=None
-            )
-        queued = failed.update(
-            status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), last_error="", delivered_at=None
-        )
+    queued = _failed_requeue(connection, delivery_ids)
     if queued and connection.status == Connection.Status.ACTIVE:
         connections_kick_on_commit([connection.pk])
     return queued

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from .delivery import connection_drain, connections_sweep
 from .health import worker_heartbeat_record
-from .retention import deliveries_purge
+from .retention import connections_purge_deleted, deliveries_purge
 from .services import connection_kick, kick_taken
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def drain_connection(connection_id: int, shard: int = 0) -> dict:
             connection_id, shard, report.delivered, report.skipped, report.failed, report.batches,
         )  # fmt: skip
     if report.more_work:
-        connection_kick(connection_id, shard, force=True)
+        connection_kick(connection_id, shard)
     return {"batches": report.batches, "delivered": report.delivered, "leased": report.leased}
 
 
@@ -35,8 +35,18 @@ def sweep_connections() -> list[int]:
 
 
 @shared_task(ignore_result=True)
+def purge_deleted_connections() -> dict:
+    """Queued when a connection is deleted, and hourly: its rows go in batches, then the connection row."""
+    report = connections_purge_deleted()
+    if not report.finished:
+        purge_deleted_connections.apply_async(expires=3600)  # the rest at once
+    return {"deliveries": report.deliveries, "attempts": report.attempts, "finished": report.finished}
+
+
+@shared_task(ignore_result=True)
 def purge_deliveries() -> dict:
     """Hourly (beat): delete what DELIVERY_RETENTION_DAYS no longer keeps; 0 keeps everything."""
+    purge_deleted_connections.apply_async(expires=3600)
     if not settings.DELIVERY_RETENTION_DAYS:
         return {"deliveries": 0, "attempts": 0, "finished": True}
     report = deliveries_purge(older_than=timedelta(days=settings.DELIVERY_RETENTION_DAYS))

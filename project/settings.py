@@ -107,6 +107,9 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# A write transaction (a batch of changes, a deletion, a resync page) gives up waiting for a row lock after this long
+# and is tried again (project.transactions); when every try waits that long, the API answers 503. 0: no limit.
+DATABASE_LOCK_TIMEOUT_SECONDS = env.float("DATABASE_LOCK_TIMEOUT_SECONDS", default=4.0)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -135,6 +138,11 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=16 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 API_MAX_CHANGES_PER_REQUEST = 10_000
+# A change stamped further ahead of the server's clock is refused (400): it would make every later change of the
+# user in that audience stale.
+CHANGE_MAX_FUTURE_SECONDS = env.int("CHANGE_MAX_FUTURE_SECONDS", default=300)
+if CHANGE_MAX_FUTURE_SECONDS < 0:
+    raise ImproperlyConfigured("CHANGE_MAX_FUTURE_SECONDS must be 0 or more.")
 # Failed API key authentication is rate limited per client address (api.authentication): after
 # API_AUTH_FAILURE_LIMIT failures within API_AUTH_FAILURE_WINDOW_SECONDS, the address gets 429 for that long, even
 # with a valid key. 0 turns the limit off. The counters live in the cache (CACHES below), shared by all web processes.

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import connection as db_connection
 from django.utils import timezone
@@ -17,6 +16,7 @@ from api.services import api_key_create
 from audiences.models import Audience
 from audiences.services import ChangeIn, audience_create, membership_changes_apply
 from integrations.delivery import DrainReport, connection_drain
+from integrations.layout import delivery_shard_count, delivery_shards_change
 from integrations.models import Configuration, Connection
 from integrations.services import configuration_create, connection_create
 
@@ -100,7 +100,7 @@ def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
     deadline = time.monotonic() + max_wait
     while time.monotonic() < deadline:
         report = DrainReport()
-        for shard in reversed(range(settings.DELIVERY_SHARDS)):  # shard 0 last: an audience deletion waits there
+        for shard in reversed(range(delivery_shard_count())):  # shard 0 last: an audience deletion waits there
             shard_report = connection_drain(connection.pk, shard, time_budget=max_wait)
             report.batches += shard_report.batches
             report.more_work |= shard_report.more_work
@@ -117,6 +117,17 @@ def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
         if not report.more_work and report.batches == 0:
             break
     return total
+
+
+@pytest.fixture
+def delivery_shards(settings, db: None):
+    """Split the backlogs into this many shards, as `manage.py migrate` does when DELIVERY_SHARDS changes."""
+
+    def use(count: int) -> None:
+        settings.DELIVERY_SHARDS = count
+        delivery_shards_change(count=count)
+
+    return use
 
 
 @pytest.fixture

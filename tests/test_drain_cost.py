@@ -2,12 +2,12 @@
 starts at the head of the connection's backlog."""
 
 import pytest
-from django.conf import settings
 from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 
 from audiences.services import ChangeIn, membership_changes_apply
 from integrations.delivery import connection_drain
+from integrations.layout import delivery_shard_count
 from integrations.models import Delivery
 from integrations.services import connection_pause, connection_resume
 
@@ -28,7 +28,7 @@ def queries_to_drain(connection, audience, backlog: int, offset: int) -> tuple[i
     queue(audience, backlog, offset)
     connection_resume(connection=connection)
     queries = batches = delivered = 0
-    for shard in range(settings.DELIVERY_SHARDS):
+    for shard in range(delivery_shard_count()):
         with CaptureQueriesContext(db_connection) as captured:
             report = connection_drain(connection.pk, shard, time_budget=60)
         queries += len(captured)
@@ -40,7 +40,7 @@ def queries_to_drain(connection, audience, backlog: int, offset: int) -> tuple[i
 
 def test_queries_per_batch_stay_constant_as_the_backlog_grows(connection, audience, stream):
     drain(connection)  # the (empty) initial sync
-    shards = settings.DELIVERY_SHARDS
+    shards = delivery_shard_count()
     sizes = [shards * 250, shards * 750, shards * 1250]  # 1, 2 and 3 full-ish batches per shard
     small, small_batches = queries_to_drain(connection, audience, sizes[0], 0)
     medium, medium_batches = queries_to_drain(connection, audience, sizes[1], 100_000)

@@ -4,6 +4,7 @@ admin forms refuse what the API refuses (contract sections 3 and 7)."""
 import io
 import json
 import sys
+import time
 
 import pytest
 import schemathesis
@@ -276,15 +277,30 @@ def test_json_in_another_charset_is_refused_with_415(api, changes_url):
     assert stored_rows() == (0, 0, 0)
 
 
-def test_the_limits_themselves_are_accepted(api, changes_url):
+def test_the_limits_themselves_are_accepted(api, changes_url, settings):
+    latest = int(time.time()) + settings.CHANGE_MAX_FUTURE_SECONDS - 5  # a few seconds' margin for the request
     payload = {
         "changes": [
             {"user_id": "x" * 256, "is_member": True, "identities": {"Email": "e" * 1024}, "timestamp": 0},
-            {"user_id": "y", "is_member": True, "timestamp": 4_102_444_800},
+            {"user_id": "y", "is_member": True, "timestamp": latest},
         ]
     }
     response = post_raw(api, changes_url, json.dumps(payload).encode())
     assert response.status_code == 202 and response.json() == {"accepted": 2, "ignored": 0}
+
+
+@pytest.mark.parametrize("ahead", [400, 86_400, 4_102_444_800 - 1_800_000_000])
+def test_a_timestamp_too_far_ahead_of_the_server_clock_is_refused_with_its_path(api, changes_url, ahead):
+    payload = {
+        "changes": [
+            {"user_id": "u1", "is_member": True, "timestamp": int(time.time())},
+            {"user_id": "u2", "is_member": True, "timestamp": int(time.time()) + ahead},
+        ]
+    }
+    response = post_raw(api, changes_url, json.dumps(payload).encode())
+    assert response.status_code == 400 and fields(response) == ["changes[1].timestamp"]
+    assert "seconds ahead of the server's clock" in response.json()["errors"][0]["message"]
+    assert stored_rows() == (0, 0, 0)
 
 
 def test_10001_changes_are_refused_whatever_they_hold(api, changes_url):

@@ -304,7 +304,7 @@ def test_delivering_again_resolves_only_the_alerts_about_reaching_the_stream(qui
 
     resolved = alerts_resolve_on_delivery(connection_id=connection.pk)
 
-    assert resolved == len(RESOLVED_BY_DELIVERY) == 5
+    assert resolved == len(RESOLVED_BY_DELIVERY) == 7
     still_open = SystemAlert.objects.filter(connection=connection, resolved_at__isnull=True)
     assert set(still_open.values_list("type", flat=True)) == {"Record Too Large", "Batch Not Permitted"}
 

@@ -14,8 +14,8 @@ SHARDS = 4
 
 
 @pytest.fixture(autouse=True)
-def four_shards(settings):
-    settings.DELIVERY_SHARDS = SHARDS
+def four_shards(delivery_shards):
+    delivery_shards(SHARDS)
 
 
 def user_pk(external_id: str) -> int:

@@ -140,7 +140,7 @@ def test_batches_with_the_same_new_users_in_opposite_orders_all_succeed(api, aud
     for round_ in range(5):
         user_ids = [f"r{round_}-{n}" for n in range(400)]
         barrier = threading.Barrier(2)
-        threads = [in_thread(lambda ids=ids: send(ids, barrier))[0] for ids in (user_ids, user_ids[::-1])]
+        threads = [in_thread(lambda ids=ids, b=barrier: send(ids, b))[0] for ids in (user_ids, user_ids[::-1])]
         for thread in threads:
             thread.join(60)
     assert answers == [202] * 10

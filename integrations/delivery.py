@@ -801,6 +801,9 @@ def _fault(connection: Connection, alert: str, message: str, *, sample: bytes | 
 # --- sweep ------------------------------------------------------------------------------------------------------
 
 
+_warned_shards: dict[int, bool] = {}
+
+
 def connections_sweep() -> list[tuple[int, int]]:
     """Kick every shard of an active connection with due work and no live drain, unless a kick already waits for
     it. Recovers lost kicks, scheduled retries and shards parked by the rate limit. Returns the (connection, shard)
@@ -813,7 +816,8 @@ def connections_sweep() -> list[tuple[int, int]]:
         ).values_list("connection_id", "shard", "expires_at", "claimed_through", "not_before")
     }
     shards = delivery_shard_count()
-    if shards != settings.DELIVERY_SHARDS:
+    if shards != settings.DELIVERY_SHARDS and not _warned_shards.get(settings.DELIVERY_SHARDS):
+        _warned_shards[settings.DELIVERY_SHARDS] = True
         logger.warning(
             "DELIVERY_SHARDS is %s here but the database splits the backlogs into %s shards: run manage.py migrate "
             "(or manage.py reshard_deliveries) to change it.",

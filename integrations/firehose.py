@@ -220,6 +220,9 @@ def _classify_answer(exc: ClientError, credentials: Credentials) -> FirehoseErro
         inner_code = _XML_CODE.search(message) if message.lstrip().startswith("<") else None
         code = inner_code.group(1) if inner_code and _TOKEN.fullmatch(inner_code.group(1)) else code
         message = f"unexpected HTTP {status or code} answer from the endpoint"
+        if code.isdigit() and status and 400 <= status < 500 and status not in (401, 403, 429):
+            # A page that is not there, a method not allowed: the URL does not lead to Firehose, retrying won't help.
+            return FirehoseError(code, message, retryable=False, alert=ALERT_ENDPOINT_NOT_USABLE, status=status)
     code, message = scrub(code, credentials)[:128], scrub(message, credentials)
     if code in PERMANENT_CODES:
         return FirehoseError(code, message, retryable=False, alert=PERMANENT_CODES[code], status=status)

@@ -223,6 +223,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # No task is ever scheduled with a countdown or ETA (retries live in `next_attempt_at` in the database), so an
 # unacknowledged kick is only redelivered after this timeout, well beyond any drain's time budget.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Redis serves lower numbers first (kombu's priority steps 0, 3, 6, 9): kicks wait at 6, and the sweep, which
+# recovers everything else and feeds /healthz, goes at 0, ahead of any backlog of kicks.
+CELERY_TASK_DEFAULT_PRIORITY = 6
+SWEEP_PRIORITY = 0
 # A kick published while Redis is down must fail fast: the change is already committed and the sweep recovers it.
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
@@ -232,7 +236,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-connections": {
         "task": "integrations.tasks.sweep_connections",
         "schedule": timedelta(seconds=SWEEP_INTERVAL_SECONDS),
-        "options": {"expires": SWEEP_INTERVAL_SECONDS * 5},
+        "options": {"expires": SWEEP_INTERVAL_SECONDS * 5, "priority": SWEEP_PRIORITY},
     },
     "purge-deliveries": {
         "task": "integrations.tasks.purge_deliveries",

@@ -5,12 +5,20 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
-from integrations.delivery import SEND_RATE_DECREASE, SEND_RATE_FLOOR, SEND_RATE_INCREASE
-from integrations.models import Connection, DeliveryAttempt
+from integrations.delivery import (
+    SEND_RATE_DECREASE,
+    SEND_RATE_FLOOR,
+    SEND_RATE_INCREASE,
+    connection_drain,
+    connections_sweep,
+)
+from integrations.models import Connection, DeliveryAttempt, DrainLease
 from integrations.regions import LARGE_REGION_QUOTA, OTHER_REGION_QUOTA
+from integrations.services import connection_pause, connection_resume, connection_update
 
-from .conftest import drain
+from .conftest import apply, customer_ids, drain, join
 from .emulator import ServiceUnavailable, firehose_behaviour, throttle_first
 from .test_delivery import members
 
@@ -168,3 +176,57 @@ def test_entries_failing_for_other_reasons_do_not_hold_the_rate_down(make_connec
     connection.refresh_from_db()
     assert len(calls) == 2 and len(stream.records()) == 4
     assert connection.send_rate == pytest.approx(0.5 + 2 * SEND_RATE_INCREASE)
+
+
+@pytest.mark.timeout(30)
+def test_a_wait_for_the_rate_limit_never_outlasts_the_lease(make_connection, audience, stream, settings):
+    settings.DRAIN_LEASE_SECONDS = 8
+    connection = make_connection(max_records_per_second=1)
+    drain(connection)
+    # After heavy throttling the share in use is at its floor: one record takes 100 s of the limit.
+    Connection.objects.filter(pk=connection.pk).update(send_rate=SEND_RATE_FLOOR)
+    apply(audience, join("a", CustomerId="a"), join("b", CustomerId="b"))
+
+    started = time.monotonic()
+    report = connection_drain(connection.pk, 0, time_budget=60)
+    assert time.monotonic() - started < settings.DRAIN_LEASE_SECONDS / 4
+    assert report.delivered == 1 and customer_ids(stream.records()) == ["a"]
+    lease = DrainLease.objects.get(connection=connection, shard=0)
+    assert lease.token == "" and lease.not_before == report.parked_until
+    assert timedelta(seconds=90) < report.parked_until - timezone.now() < timedelta(seconds=100)
+    # Until then no drain takes the shard (none sends "b" twice), and the sweep leaves it alone.
+    assert connection_drain(connection.pk, 0).leased is False
+    assert connections_sweep() == []
+
+    # New rate settings (or a Resume) start the slot again from now: "b" goes at once.
+    connection_update(connection=connection, max_records_per_second=1000)
+    assert connection_drain(connection.pk, 0).delivered == 1
+    assert customer_ids(stream.records()) == ["a", "b"]
+
+
+def test_a_parked_shard_is_taken_again_once_its_place_comes(make_connection, audience, stream, settings):
+    settings.DRAIN_LEASE_SECONDS = 4  # a drain waits at most 1 s
+    connection = make_connection(max_records_per_second=1)
+    drain(connection)
+    Connection.objects.filter(pk=connection.pk).update(send_rate=0.25)  # 4 s a record
+    apply(audience, join("a", CustomerId="a"), join("b", CustomerId="b"))
+    report = connection_drain(connection.pk, 0, time_budget=60)
+    assert report.delivered == 1 and report.parked_until is not None
+    assert connections_sweep() == []
+    time.sleep(max(0.0, (report.parked_until - timezone.now()).total_seconds()) + 0.1)
+    assert connections_sweep() == [(connection.pk, 0)]
+    assert connection_drain(connection.pk, 0, time_budget=60).delivered == 1
+    assert customer_ids(stream.records()) == ["a", "b"]
+
+
+def test_resuming_starts_the_send_slot_again(make_connection, audience, stream):
+    connection = make_connection(max_records_per_second=1)
+    drain(connection)
+    Connection.objects.filter(pk=connection.pk).update(send_rate=SEND_RATE_FLOOR)
+    apply(audience, join("a", CustomerId="a"), join("b", CustomerId="b"))
+    assert connection_drain(connection.pk, 0, time_budget=60).parked_until is not None
+    connection_pause(connection=connection)
+    connection_resume(connection=connection)
+    connection.refresh_from_db()
+    assert connection.send_slot_at is None
+    assert DrainLease.objects.get(connection=connection, shard=0).not_before is None

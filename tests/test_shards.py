@@ -1,11 +1,17 @@
 """Sharded drains: a connection's backlog is split by user, each shard drained on its own, in parallel on several
 workers, without reordering any user's records; the audience's deletion record still comes last."""
 
+import io
+from datetime import timedelta
+
 import pytest
+from django.core.management import call_command
+from django.utils import timezone
 
 from audiences.services import audience_delete
-from integrations.delivery import _lease_acquire, connection_drain
-from integrations.models import Delivery
+from integrations.delivery import _lease_acquire, connection_drain, connections_sweep
+from integrations.layout import ReshardTimeout, delivery_layout, delivery_shard_count, delivery_shards_change
+from integrations.models import Delivery, DeliveryLayout, DrainLease
 from integrations.services import connection_pause, connection_resume, connection_resync
 
 from .conftest import apply, drain, join, leave
@@ -173,3 +179,77 @@ def test_shards_failing_together_fault_the_connection_once(connection):
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
     assert SystemAlert.objects.get(connection=connection, type="Retry Limit Exceeded").count == 1
+
+
+def drain_as_the_sweep_says() -> int:
+    """What the workers do: drain every (connection, shard) the sweep kicks, until it kicks nothing."""
+    from django.core.cache import cache
+
+    delivered = 0
+    for _ in range(20):
+        kicked = connections_sweep()
+        cache.clear()  # each kick was taken by a worker
+        if not kicked:
+            return delivered
+        delivered += sum(connection_drain(connection_id, shard).delivered for connection_id, shard in kicked)
+    raise AssertionError("the sweep kept kicking")
+
+
+def test_a_process_started_with_another_shard_count_strands_no_row(connection, audience, stream, settings):
+    drain(connection)
+    connection_pause(connection=connection)
+    apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(12)])
+    settings.DELIVERY_SHARDS = 2  # restarted with a new value, before any migrate
+    apply(audience, *[leave(f"u{n}", 101) for n in range(12)])
+    connection_resume(connection=connection)
+    assert drain_as_the_sweep_says() == 24
+    assert not Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING).exists()
+
+
+def test_resharding_moves_the_backlog_and_keeps_each_users_order(connection, audience, stream, settings):
+    drain(connection)
+    connection_pause(connection=connection)
+    for round_ in range(3):
+        apply(audience, *[join(f"u{n}", 100 + 2 * round_, CustomerId=f"c{n}-{round_}") for n in range(12)])
+        apply(audience, *[leave(f"u{n}", 101 + 2 * round_) for n in range(12)])
+    connection_drain(connection.pk, 1)  # paused: takes and gives back its lease, leaving claimed_through behind
+    call_command("reshard_deliveries", "3", stdout=io.StringIO())
+    pending = Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING)
+    assert pending.count() == 72
+    assert all(shard == user_id % 3 for user_id, shard in pending.values_list("user_id", "shard"))
+    connection_resume(connection=connection)
+    assert drain_as_the_sweep_says() == 72
+    by_user: dict[str, list[tuple[str, bool]]] = {}
+    for record in stream.records():
+        by_user.setdefault(record["UserIdentities"]["CustomerId"].split("-")[0], []).append(
+            (record["MembershipChangedTimestamp"], record["IsMember"])
+        )
+    assert all(sequence == [(str(100 + i), i % 2 == 0) for i in range(6)] for sequence in by_user.values())
+    assert len(by_user) == 12
+
+
+def test_migrate_applies_a_changed_delivery_shards(connection, audience, settings):
+    connection_pause(connection=connection)
+    apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(8)])
+    settings.DELIVERY_SHARDS = 2
+    call_command("migrate", verbosity=0)
+    assert delivery_shard_count() == 2
+    assert set(Delivery.objects.filter(connection=connection).values_list("shard", flat=True)) == {0, 1}
+
+
+def test_resharding_waits_for_running_drains_and_gives_up_without_moving_anything(connection, audience):
+    connection_pause(connection=connection)
+    apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(8)])
+    before = sorted(Delivery.objects.values_list("pk", "shard"))
+    DrainLease.objects.create(
+        connection=connection, shard=2, token="busy", expires_at=timezone.now() + timedelta(seconds=30)
+    )
+    with pytest.raises(ReshardTimeout):
+        delivery_shards_change(count=2, wait_seconds=0.3)
+    assert sorted(Delivery.objects.values_list("pk", "shard")) == before and delivery_shard_count() == SHARDS
+    assert delivery_layout().changing_to is None
+
+
+def test_no_drain_starts_while_the_shards_change(connection):
+    DeliveryLayout.objects.filter(pk=1).update(changing_to=2)
+    assert connection_drain(connection.pk, 0).leased is False

@@ -1,6 +1,7 @@
 """The HTTP API of contract section 7: shapes, scopes, and validation that stores nothing."""
 
 import json
+from urllib.parse import quote
 
 import pytest
 from django.test import override_settings
@@ -253,6 +254,23 @@ def test_put_user_validation(api, payload, field):
     response = api.put("/api/v1/users/u1", payload, format="json")
     assert response.status_code == 400 and field in fields(response)
     assert not User.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["tenant/42", "a/b/c", "trailing/", "with space", "50%", "q?x=1#y", "line\nbreak", "é/ü", "..", "/leading"],
+)
+def test_put_user_takes_every_id_the_changes_api_takes(api, audience, user_id):
+    joined = api.post(
+        f"/api/v1/audiences/{audience.pk}/changes",
+        {"changes": [{"user_id": user_id, "is_member": True, "identities": {"CustomerId": "old"}}]},
+        format="json",
+    )
+    assert joined.status_code == 202
+    response = api.put(f"/api/v1/users/{quote(user_id, safe='')}", {"identities": {"CustomerId": "new"}}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["user_id"] == user_id and response.json()["identities"] == {"CustomerId": "new"}
+    assert User.objects.get(external_id=user_id).identities == {"CustomerId": "new"}
 
 
 def test_put_user_rejects_an_overlong_user_id(api):

@@ -8,6 +8,7 @@ import pytest
 from django.test import override_settings
 from moto.core import set_initial_no_auth_action_count
 
+from audiences.models import Membership
 from audiences.services import user_identities_update
 from integrations.delivery import backoff_seconds
 from integrations.firehose import MAX_BATCH_BYTES
@@ -343,3 +344,34 @@ def test_a_request_failing_after_the_connection_faulted_keeps_the_reason_it_faul
     Connection.objects.filter(pk=connection.pk).update(last_error=_unless_faulted("EndpointConnectionError"))
     connection.refresh_from_db()
     assert connection.last_error == "EndpointConnectionError"
+
+
+# --- stale changes across audiences (contract section 14) -------------------------------------------------------
+
+
+def test_an_identity_change_in_one_audience_never_makes_a_change_in_another_stale(make_connection, audience, stream):
+    from audiences.services import audience_create
+
+    from .emulator import EmulatedStream
+
+    other = audience_create(internal_name="Other")
+    other_stream = EmulatedStream(name="other-stream", bucket="other-records").create()
+    other_connection = make_connection(audience=other, stream_name=other_stream.name)
+    apply(audience, join("u", 100, CustomerId="old"))
+    apply(other, join("u", 100, CustomerId="old"))
+    apply(audience, join("u", 200, CustomerId="new"))  # an identity change stamped 200, sent to "other" too
+    result = apply(other, leave("u", 150))  # newer than other's own last change (100): applied
+    assert (result.accepted, result.stale) == (1, 0)
+    other.refresh_from_db()
+    assert other.member_count == 0 and other.stale_change_count == 0
+    drain(other_connection)
+    sent = [(record["IsMember"], record["UserIdentities"]["CustomerId"]) for record in other_stream.records()]
+    assert sent == [(True, "old"), (False, "old"), (True, "new"), (False, "new")]
+
+
+def test_an_identity_update_by_the_users_api_never_makes_a_later_change_stale(connection, audience):
+    apply(audience, join("u", 100, CustomerId="old"))
+    user_identities_update(user_id="u", identities={"CustomerId": "new"})  # stamped with the server's clock
+    result = apply(audience, leave("u", 150))
+    assert (result.accepted, result.stale) == (1, 0)
+    assert not Membership.objects.get(user__external_id="u").is_member

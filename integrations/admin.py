@@ -69,6 +69,7 @@ from .services import (
     configuration_create,
     configuration_update,
     connection_create,
+    connection_delete,
     connection_pause,
     connection_resume,
     connection_resync,
@@ -530,23 +531,36 @@ class ConnectionAdmin(admin.ModelAdmin):
         obj._state.adding = False
 
     def get_deleted_objects(self, objs, request):
-        """Counts instead of Django's walk over every delivery (a busy connection has millions of them). Deleting
-        a connection deletes its deliveries, attempts and alerts with it: the delivery logs' own read-only rules do
-        not apply here."""
+        """At most 10,001 rows of each kind counted, instead of Django's walk over every delivery (a busy connection
+        has millions of them): the connection disappears at once, and its deliveries, attempts, counters and alerts
+        are purged in the background, in batches."""
         connections = list(objs)
         ids = [connection.pk for connection in connections]
-        backlog = Delivery.objects.filter(connection_id__in=ids, status=Delivery.Status.PENDING).count()
+
+        def capped(queryset) -> str:
+            count = queryset.order_by()[: BACKLOG_COUNT_CAP + 1].count()
+            return f"more than {BACKLOG_COUNT_CAP:,}" if count > BACKLOG_COUNT_CAP else f"{count:,}"
+
+        backlog = Delivery.objects.filter(connection_id__in=ids, status=Delivery.Status.PENDING)
         model_count = {
             Connection._meta.verbose_name_plural: len(connections),
-            Delivery._meta.verbose_name_plural: Delivery.objects.filter(connection_id__in=ids).count(),
-            DeliveryAttempt._meta.verbose_name_plural: DeliveryAttempt.objects.filter(connection_id__in=ids).count(),
-            SystemAlert._meta.verbose_name_plural: SystemAlert.objects.filter(connection_id__in=ids).count(),
+            Delivery._meta.verbose_name_plural: capped(Delivery.objects.filter(connection_id__in=ids)),
+            DeliveryAttempt._meta.verbose_name_plural: capped(DeliveryAttempt.objects.filter(connection_id__in=ids)),
+            SystemAlert._meta.verbose_name_plural: capped(SystemAlert.objects.filter(connection_id__in=ids)),
         }
         summary = [str(connection) for connection in connections]
-        if backlog:
-            summary.append(f"{_plural(backlog, 'record')} still waiting in the backlog, which will never be sent")
+        if backlog.exists():
+            summary.append(f"{capped(backlog)} records still waiting in the backlog, which will never be sent")
+        summary.append("Its deliveries, attempts and alerts are deleted in the background, a few thousand at a time.")
         perms_needed = set() if self.has_delete_permission(request) else {Connection._meta.verbose_name}
         return summary, model_count, perms_needed, []
+
+    def delete_model(self, request: HttpRequest, obj: Connection) -> None:
+        connection_delete(connection=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        for connection in queryset.order_by("pk"):
+            connection_delete(connection=connection)
 
     # --- the change page's buttons: Test connection, Resync, Pause and Resume for this one connection ---
 
@@ -1260,13 +1274,26 @@ class DeliveryAdmin(EngineLogAdmin):
         return _folded(obj.last_error, 120)
 
 
+class OperationFilter(admin.SimpleListFilter):
+    """The operations the engine calls, listed as constants: Django's filter for a plain text field would first read
+    every distinct value of the whole attempts table."""
+
+    title = "operation"
+    parameter_name = "operation"
+
+    def lookups(self, request, model_admin):
+        return [("PutRecordBatch", "PutRecordBatch"), ("PutRecord", "PutRecord")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(operation=self.value()) if self.value() else queryset
+
+
 @admin.register(DeliveryAttempt)
 class DeliveryAttemptAdmin(EngineLogAdmin):
     list_display = ["outcome_badge", "error", "started", "connection_link", "record_count", "duration"]
     list_display_links = ["started"]
-    list_filter = ["outcome", "operation", ("connection", ConnectionListFilter)]
+    list_filter = ["outcome", OperationFilter, ("connection", ConnectionListFilter), time_filter("started_at")]
     list_select_related = ["connection__audience"]
-    date_hierarchy = "started_at"
     ordering = ["-id"]
     show_full_result_count = False
     paginator = LogPaginator

@@ -24,6 +24,7 @@ from audiences.models import Audience, User
 from audiences.services import ChangeIn, audience_create, membership_changes_apply
 from integrations.alerts import alert_raise
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
+from integrations.retention import connections_purge_deleted
 from integrations.services import configuration_create, connection_create, connection_pause
 
 from .admin_pages import messages_of, result_rows, staff_client, url
@@ -437,9 +438,11 @@ def test_deleting_a_connection_summarises_what_goes_with_it(admin_client, active
 
     assert "2 records still waiting in the backlog, which will never be sent" in confirmation
     assert "Deliveries: 2" in confirmation
+    assert "deleted in the background" in confirmation
     admin_client.post(delete, {"post": "yes"})
-    assert not Connection.objects.exists()
-    assert not Delivery.objects.exists()
+    assert not Connection.objects.exists(), "gone from every list at once"
+    assert connections_purge_deleted().finished
+    assert not Connection.all_objects.exists() and not Delivery.objects.exists()
     assert Audience.objects.get().member_count == 2
 
 

@@ -821,6 +821,8 @@ def operator_pages(connection: Connection) -> dict[str, str]:
         "delivery log": deliveries,
         "delivery log, filtered": deliveries + f"?connection__id__exact={connection.pk}&status__exact=2&time=24h",
         "delivery log, by user": deliveries + "?user_id=first-0",
+        "delivery attempts": url("integrations_deliveryattempt_changelist"),
+        "connection delete": url("integrations_connection_delete", connection.pk),
     }
 
 
@@ -867,3 +869,40 @@ def test_the_operator_pages_take_the_same_queries_with_few_or_many_rows(
             assert not UNCAPPED_COUNT.search(sql), (name, sql)
             if COUNT_OVER_DELIVERIES.search(sql):
                 assert "LIMIT" in sql.upper(), (name, sql)
+
+
+def test_the_delivery_attempts_use_time_filters_not_a_date_hierarchy(admin_client, connection, audience):
+    members(audience, 3)
+    drain(connection)
+    with CaptureQueriesContext(db_connection) as queries:
+        response = admin_client.get(url("integrations_deliveryattempt_changelist") + "?time=24h")
+    assert response.status_code == 200 and response.context["cl"].date_hierarchy is None
+    assert "last 24 hours" in response.text.lower(), response.text[response.text.find("changelist-filter") :][:1500]
+    scans = [query["sql"] for query in queries.captured_queries if "integrations_deliveryattempt" in query["sql"]]
+    assert not [sql for sql in scans if re.search(r"\bDISTINCT\b|\bMIN\(|\bMAX\(", sql)], scans
+
+
+def test_a_deleted_connection_vanishes_at_once_and_its_rows_go_in_batches(admin_client, connection, audience):
+    from integrations.retention import connections_purge_deleted
+
+    members(audience, 7)
+    drain(connection)
+    alert_raise(connection=connection, type=SystemAlert.Type.ACCESS_DENIED, message="denied")
+    other = connection_create(audience=audience, configuration=connection.configuration, stream_name="kept")
+    admin_client.post(url("integrations_connection_delete", connection.pk), {"post": "yes"})
+
+    assert list(Connection.objects.values_list("pk", flat=True)) == [other.pk]
+    assert admin_client.get(url("integrations_connection_change", connection.pk)).status_code == 302
+    # A drain that took its lease before the deletion may still record its batch: the row waits for it.
+    DrainLease.objects.filter(connection=connection, shard=0).update(
+        token="late", expires_at=timezone.now() + timedelta(minutes=1)
+    )
+    report = connections_purge_deleted(batch_size=3)
+    assert report.finished and report.batches >= 3 and report.deliveries == 7
+    assert not Delivery.objects.filter(connection_id=connection.pk).exists()
+    assert not DeliveryAttempt.objects.filter(connection_id=connection.pk).exists()
+    assert not SystemAlert.objects.filter(connection_id=connection.pk).exists()
+    assert Connection.all_objects.filter(pk=connection.pk).exists()
+    DrainLease.objects.filter(connection_id=connection.pk).update(token="", expires_at=None)
+    assert connections_purge_deleted().finished and not Connection.all_objects.filter(pk=connection.pk).exists()
+    assert Connection.objects.get(pk=other.pk).resync_running, "the other connection's initial sync goes on"

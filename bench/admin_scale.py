@@ -111,6 +111,8 @@ def main() -> None:
             DATABASE_URL=postgres.url,
             CELERY_BROKER_URL="redis://127.0.0.1:1/0",  # no broker: kicks fail fast and are skipped
             CACHE_URL="locmemcache://",
+            METRICS_PUBLIC="true",
+            METRICS_CACHE_SECONDS="0",  # time the computation itself, not the per-process cache
         )
         import django
 

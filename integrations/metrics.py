@@ -1,13 +1,17 @@
 """Prometheus metrics per connection (GET /metrics): delivered, failed and retried records, the backlog, open alerts,
-the status, and the delivery-latency histogram. Read at scrape time from the all-time DeliveryStats rows (one per
-connection), the connections and the backlog's partial index: nothing is kept in the process, so every web process
-answers the same numbers and nothing resets on a restart."""
+the status, and the delivery-latency histogram. Read from the all-time DeliveryStats rows (one per connection), the
+connections and the backlog's partial index, at most once per METRICS_CACHE_SECONDS in each process: the counters
+live in the database, so every web process answers the same numbers and nothing resets on a restart."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.db.models import Count
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -76,3 +80,19 @@ def metrics_registry() -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ConnectionCollector())
     return registry
+
+
+_cache_lock = threading.Lock()
+_cached: tuple[float, bytes] | None = None
+
+
+def metrics_text() -> bytes:
+    """The scrape's text, computed at most once per METRICS_CACHE_SECONDS in each process: however many scrapers
+    ask, the backlog's index is counted once in that time."""
+    global _cached
+    with _cache_lock:
+        if _cached is not None and time.monotonic() - _cached[0] < settings.METRICS_CACHE_SECONDS:
+            return _cached[1]
+        text = generate_latest(metrics_registry())
+        _cached = (time.monotonic(), text)
+        return text

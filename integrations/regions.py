@@ -12,6 +12,14 @@ FIREHOSE_REGIONS: tuple[str, ...] = tuple(
     )
 )
 REGION_CHOICES = [(region, region) for region in FIREHOSE_REGIONS]
+# The ARN partition of each region: arn:aws-cn:... in China, arn:aws-us-gov:... in GovCloud.
+REGION_PARTITIONS: dict[str, str] = {
+    region: boto3.session.Session().get_partition_for_region(region) for region in FIREHOSE_REGIONS
+}
+
+
+def region_partition(region: str) -> str:
+    return REGION_PARTITIONS.get(region, "aws")
 
 
 class Quota(NamedTuple):

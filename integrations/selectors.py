@@ -8,6 +8,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 
 from .models import OPEN_ALERTS, AlertHourlyCount, Connection, Delivery, DeliveryStats, SystemAlert
+from .regions import region_partition
 from .stats import hour_of
 
 # The windows of the System Alerts page. Occurrences are counted by the hour, so a window covers its whole first hour.
@@ -44,6 +45,7 @@ def deliveries_backlog_capped() -> int:
 def connection_iam_policy(connection: Connection) -> dict:
     """The IAM policy to attach to the configuration's user, filled in for this connection."""
     account_id = connection.account_id or "{account-id}"
+    partition = region_partition(connection.region)
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -55,7 +57,7 @@ def connection_iam_policy(connection: Connection) -> dict:
                     "firehose:PutRecordBatch",
                 ],
                 "Resource": [
-                    f"arn:aws:firehose:{connection.region}:{account_id}:deliverystream/{connection.stream_name}"
+                    f"arn:{partition}:firehose:{connection.region}:{account_id}:deliverystream/{connection.stream_name}"
                 ],
             }
         ],

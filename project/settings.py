@@ -131,8 +131,12 @@ STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise looks there too (empty until coll
 # `manage.py collectstatic`, WHITENOISE_USE_FINDERS=false serves STATIC_ROOT instead.
 WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
 
-# GET /metrics (Prometheus) is open unless a token is set; then it asks for `Authorization: Bearer <token>`.
+# GET /metrics (Prometheus) asks for `Authorization: Bearer <token>` when a token is set. Without one it is served
+# only with DEBUG on or METRICS_PUBLIC=true (it names every connection, audience and stream). Each process computes
+# it at most once per METRICS_CACHE_SECONDS, however many scrapers ask.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
+METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", default=5.0)
 
 # The API refuses larger bodies with 413 before reading them (api.middleware).
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=16 * 1024 * 1024)

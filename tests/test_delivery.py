@@ -289,6 +289,22 @@ def test_the_iam_policy_is_filled_in_once_tested(connection, statuses):
     ]
 
 
+@pytest.mark.parametrize(
+    "region, arn",
+    [
+        ("cn-north-1", "arn:aws-cn:firehose:cn-north-1:{account-id}:deliverystream/s"),
+        ("cn-northwest-1", "arn:aws-cn:firehose:cn-northwest-1:{account-id}:deliverystream/s"),
+        ("us-gov-west-1", "arn:aws-us-gov:firehose:us-gov-west-1:{account-id}:deliverystream/s"),
+        ("eu-west-1", "arn:aws:firehose:eu-west-1:{account-id}:deliverystream/s"),
+    ],
+)
+def test_the_iam_policy_uses_the_partition_of_the_region(audience, configuration, region, arn):
+    from integrations.selectors import connection_iam_policy
+
+    connection = connection_create(audience=audience, configuration=configuration, stream_name="s", region=region)
+    assert connection_iam_policy(connection)["Statement"][0]["Resource"] == [arn]
+
+
 def test_a_record_over_1000_kib_is_failed_with_an_alert_and_the_rest_goes_on(connection, audience, stream):
     from audiences.models import User
 

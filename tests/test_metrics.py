@@ -7,7 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection as db_connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -225,6 +227,13 @@ def test_an_empty_histogram_has_no_quantile():
 # --- /metrics -------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def public_metrics(settings):
+    """Most tests scrape as a deployment with METRICS_PUBLIC=true would, and see every change at once."""
+    settings.METRICS_PUBLIC = True
+    settings.METRICS_CACHE_SECONDS = 0
+
+
 def scrape(client: Client, **headers: str) -> dict[str, list]:
     response = client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.content
@@ -289,10 +298,22 @@ def test_metrics_count_failed_and_retried_records(client, connection, audience, 
     assert sample_value(families["firehose_records_retried"], "firehose_records_retried_total", labels) == 2
 
 
-def test_metrics_are_open_without_a_token(client, settings, db):
+def test_metrics_are_open_without_a_token_only_when_made_public(client, settings, db):
     settings.METRICS_TOKEN = ""
-
     assert client.get("/metrics").status_code == 200
+    settings.METRICS_PUBLIC = False
+    response = client.get("/metrics")
+    assert response.status_code == 403 and b"METRICS_TOKEN" in response.content
+    settings.DEBUG = True  # a developer's machine
+    assert client.get("/metrics").status_code == 200
+
+
+def test_each_process_computes_the_metrics_at_most_once_per_cache_period(client, settings, quiet_connection):
+    settings.METRICS_CACHE_SECONDS = 60
+    first = client.get("/metrics").content
+    with CaptureQueriesContext(db_connection) as queries:
+        again = client.get("/metrics").content
+    assert again == first and len(queries) == 0
 
 
 def test_metrics_ask_for_the_bearer_token_once_one_is_set(client, settings, quiet_connection):

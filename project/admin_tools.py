@@ -37,3 +37,14 @@ class ReadOnly:
 
 class ReadOnlyAdmin(ReadOnly, admin.ModelAdmin):
     """A read-only model admin."""
+
+
+def admin_lockout(request: HttpRequest, response: Any = None, credentials: dict | None = None) -> Any:
+    """django-axes' answer to a locked-out login (AXES_LOCKOUT_CALLABLE): the admin's login page, with the site's
+    header, saying why and for how long, with status 429."""
+    from django.conf import settings
+    from django.template.response import TemplateResponse
+
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    context = {**admin.site.each_context(request), "title": "Locked out", "lockout_minutes": minutes}
+    return TemplateResponse(request, "admin/locked_out.html", context, status=429).render()

@@ -49,6 +49,21 @@ FIELD_ENCRYPTION_KEYS = _encryption_keys()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- HTTPS in production ---------------------------------------------------------------------------------------------
+# Behind a TLS-terminating proxy: SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https (only if the proxy sets that
+# header and strips the client's), then SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE, SECURE_SSL_REDIRECT and
+# SECURE_HSTS_SECONDS (31536000 once HTTPS works everywhere; HSTS cannot be taken back from browsers that saw it).
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+_proxy_ssl_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
+    raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must be a header and a value: HTTP_X_FORWARDED_PROTO,https")
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if _proxy_ssl_header else None
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -59,6 +74,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "audiences",
     "integrations",
     "api",
@@ -74,6 +90,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: it turns a locked-out login into the lockout page
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -110,6 +127,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # A write transaction (a batch of changes, a deletion, a resync page) gives up waiting for a row lock after this long
 # and is tried again (project.transactions); when every try waits that long, the API answers 503. 0: no limit.
 DATABASE_LOCK_TIMEOUT_SECONDS = env.float("DATABASE_LOCK_TIMEOUT_SECONDS", default=4.0)
+
+# --- Admin login ---------------------------------------------------------------------------------------------------
+# django-axes counts failed admin logins in the database: after ADMIN_LOGIN_FAILURE_LIMIT failures for one username
+# (from anywhere) or from one address (for any usernames), that username or address is locked out for
+# ADMIN_LOGIN_LOCKOUT_MINUTES, even with the right password. The address is REMOTE_ADDR, or behind
+# API_TRUSTED_PROXY_COUNT proxies the one the outermost proxy saw. `manage.py axes_reset` lifts every lockout.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("ADMIN_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: a username, or an address
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "project.admin_tools.admin_lockout"
+AXES_SENSITIVE_PARAMETERS = ["password"]
+AXES_VERBOSE = False  # no banner at every start; failed logins and lockouts are still logged
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured("ADMIN_LOGIN_FAILURE_LIMIT must be 1 or more.")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -155,6 +188,10 @@ API_AUTH_FAILURE_WINDOW_SECONDS = env.int("API_AUTH_FAILURE_WINDOW_SECONDS", def
 # The client address is REMOTE_ADDR. Behind N reverse proxies that each append to X-Forwarded-For, set N: the address
 # is then the N-th from the right of X-Forwarded-For (the one the outermost proxy saw), never a client-chosen one.
 API_TRUSTED_PROXY_COUNT = env.int("API_TRUSTED_PROXY_COUNT", default=0)
+AXES_IPWARE_PROXY_COUNT = API_TRUSTED_PROXY_COUNT or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if API_TRUSTED_PROXY_COUNT else ["REMOTE_ADDR"]
+)
 if API_AUTH_FAILURE_LIMIT < 0 or API_AUTH_FAILURE_WINDOW_SECONDS < 1 or API_TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured(
         "API_AUTH_FAILURE_LIMIT and API_TRUSTED_PROXY_COUNT must be 0 or more, "

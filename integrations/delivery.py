@@ -1,6 +1,6 @@
 """The delivery engine: drain a connection's backlog to Firehose in batches, in order, and record every outcome.
 
-A connection's backlog is split into DELIVERY_SHARDS shards by user (`Delivery.shard` = user_id % shards). One
+A connection's backlog is split into shards by user (`Delivery.shard` = user_id % DeliveryLayout.shards). One
 drain runs per shard at a time (a `DrainLease`, which expires if its worker dies), so several workers, on several
 machines, deliver one connection in parallel. A drain claims its shard's pending deliveries in id order, puts at most
 one record per user in a batch, and sends its batches one after another, so each user's records arrive in the order

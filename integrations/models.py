@@ -230,7 +230,7 @@ class Connection(models.Model):
 
 class DrainLease(models.Model):
     """Who drains one shard of a connection's backlog. A shard holds the deliveries of the users with
-    user_id % DELIVERY_SHARDS == shard, so that shards run in parallel without reordering any user's records."""
+    user_id % DeliveryLayout.shards == shard, so that shards run in parallel without reordering any user's records."""
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="leases")
     shard = models.PositiveSmallIntegerField()
@@ -290,7 +290,7 @@ class Delivery(models.Model):
     # never deleted one by one), and the change and the user no database constraint: the one service that writes
     # deliveries takes both from rows of the same transaction, and deleting them still cascades (Django does it).
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
-    shard = models.PositiveSmallIntegerField(default=0, help_text="user_id % DELIVERY_SHARDS; 0 without a user.")
+    shard = models.PositiveSmallIntegerField(default=0, help_text="user_id % DeliveryLayout.shards; 0 without a user.")
     kind = models.PositiveSmallIntegerField(choices=Kind.choices)
     change = models.ForeignKey(
         MembershipChange,

@@ -304,7 +304,7 @@ def connection_create(*, audience: Audience, configuration: Configuration, **fie
     return connection
 
 
-@transaction.atomic
+@atomic_with_retry
 def connection_update(*, connection: Connection, **fields: Any) -> Connection:
     """Change settings; only the fields given are written (the drains write the connection's counters meanwhile)."""
     for field, value in fields.items():
@@ -323,7 +323,7 @@ def _send_slot_reset(connection_id: int) -> None:
     DrainLease.objects.filter(connection_id=connection_id).update(not_before=None)
 
 
-@transaction.atomic
+@atomic_with_retry
 def connection_resync(*, connection: Connection) -> Connection:
     """After the backlog, send one IsMember true record for every current member, with current identities."""
     audience = Audience.objects.get(pk=connection.audience_id)
@@ -351,7 +351,7 @@ def connection_pause(*, connection: Connection) -> Connection:
     return connection
 
 
-@transaction.atomic
+@atomic_with_retry
 def connection_resume(*, connection: Connection) -> Connection:
     """Back to active with a fresh retry budget and a fresh send slot: the backlog is sent in order."""
     Connection.objects.filter(pk=connection.pk).update(

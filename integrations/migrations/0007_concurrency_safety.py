@@ -59,5 +59,10 @@ class Migration(migrations.Migration):
             name='type',
             field=models.CharField(choices=[('Retry Limit Exceeded', 'Retry Limit Exceeded'), ('500 - Internal Server Error', '500 - Internal Server Error'), ('Access Denied', 'Access Denied'), ('Stream Not Found', 'Stream Not Found'), ('Stream Not Active', 'Stream Not Active'), ('Record Too Large', 'Record Too Large'), ('Batch Not Permitted', 'Batch Not Permitted'), ('Endpoint Not Usable', 'Endpoint Not Usable'), ('Credentials Not Usable', 'Credentials Not Usable')], max_length=64),
         ),
+        migrations.AlterField(
+            model_name='delivery',
+            name='shard',
+            field=models.PositiveSmallIntegerField(default=0, help_text='user_id % DeliveryLayout.shards; 0 without a user.'),
+        ),
         migrations.RunPython(layout_create, migrations.RunPython.noop),
     ]

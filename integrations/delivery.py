@@ -39,7 +39,7 @@ from .alerts import alert_raise, alerts_resolve_on_delivery
 from .layout import delivery_shard_count, delivery_shards_changing
 from .models import Connection, Delivery, DeliveryAttempt, DeliveryFailure, DrainLease
 from .records import audience_deleted_record, identities_forwarded, membership_record
-from .services import connection_credentials, connection_kick, deliveries_insert_lock
+from .services import KICK_LOST_AFTER_SECONDS, connection_credentials, connection_kick, deliveries_insert_lock
 from .stats import stats_record
 
 logger = logging.getLogger(__name__)
@@ -834,4 +834,8 @@ def connections_sweep() -> list[tuple[int, int]]:
                 continue  # waiting for its place under the rate limit
             if _shard_has_due_work(connection, shard, claimed_through, now):
                 due.append((connection.pk, shard))
-    return [(connection_id, shard) for connection_id, shard in due if connection_kick(connection_id, shard)]
+    return [
+        (connection_id, shard)
+        for connection_id, shard in due
+        if connection_kick(connection_id, shard, replace_marks_older_than=KICK_LOST_AFTER_SECONDS)
+    ]

@@ -37,10 +37,12 @@ BROKER_RETRY_AFTER_SECONDS = 5.0
 # A kick expires in the broker after this long (a worker that takes it later drops it): a drain that late would only
 # find what the sweep has kicked since.
 KICK_EXPIRES_SECONDS = 300
-# A kick already queued for a shard makes another one useless: at most one waits per shard (the drain task clears
-# its mark as it starts). The mark lasts as long as the kick can, so that a kick lost with the broker is replaced by
-# the sweep once it could no longer run anyway.
+# A kick already queued for a shard makes another one useless: at most one waits per shard (a mark in the cache,
+# which the drain task clears as it starts). The mark lasts as long as the kick can; the sweep alone replaces a mark
+# older than KICK_LOST_AFTER_SECONDS, whose kick was lost with the broker (or, with a cache that is not shared, is
+# waiting in another process's memory).
 KICK_PENDING_SECONDS = KICK_EXPIRES_SECONDS
+KICK_LOST_AFTER_SECONDS = 60
 _broker_down_until = 0.0
 
 
@@ -48,7 +50,9 @@ def kick_pending_key(connection_id: int, shard: int) -> str:
     return f"kick:{connection_id}:{shard}"
 
 
-def connection_kick(connection_id: int, shard: int | None = None) -> bool:
+def connection_kick(
+    connection_id: int, shard: int | None = None, *, replace_marks_older_than: float | None = None
+) -> bool:
     """Ask workers to drain a connection: one shard, or every shard, unless a kick already waits for it. Best
     effort: when the broker is down, the beat sweep kicks later. Returns whether a kick was queued.
 
@@ -62,7 +66,7 @@ def connection_kick(connection_id: int, shard: int | None = None) -> bool:
     for each in shards:
         if time.monotonic() < _broker_down_until:
             return queued
-        if not _kick_mark(connection_id, each):
+        if not _kick_mark(connection_id, each, replace_marks_older_than):
             continue  # a kick is already waiting for this shard
         try:
             drain_connection.apply_async((connection_id, each), expires=KICK_EXPIRES_SECONDS)
@@ -74,10 +78,19 @@ def connection_kick(connection_id: int, shard: int | None = None) -> bool:
     return queued
 
 
-def _kick_mark(connection_id: int, shard: int) -> bool:
-    """Mark a kick as queued for this shard; False when one already was."""
+def _kick_mark(connection_id: int, shard: int, replace_older_than: float | None = None) -> bool:
+    """Mark a kick as queued for this shard; False when one already was (and its mark is not too old to trust)."""
+    key, now = kick_pending_key(connection_id, shard), time.time()
     try:
-        return cache.add(kick_pending_key(connection_id, shard), 1, timeout=KICK_PENDING_SECONDS)
+        if cache.add(key, now, timeout=KICK_PENDING_SECONDS):
+            return True
+        if replace_older_than is None:
+            return False
+        marked = cache.get(key)
+        if marked is not None and now - float(marked) <= replace_older_than:
+            return False
+        cache.set(key, now, timeout=KICK_PENDING_SECONDS)
+        return True
     except Exception:  # noqa: BLE001 - without the cache, kick anyway
         return True
 

@@ -34,6 +34,7 @@ def process_env(**extra: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="project.test_settings",
         DATABASE_URL=tests_database_url(),
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        CACHE_URL=settings.CELERY_BROKER_URL,  # one cache for the worker's processes, as in production
         PYTHONUNBUFFERED="1",
         **extra,
     )

@@ -75,3 +75,17 @@ def test_the_sweep_goes_ahead_of_every_waiting_kick(busy_connections, broker):
         with connection.Consumer(queue, accept=["json"], callbacks=[lambda body, message: taken.append(message)]):
             connection.drain_events(timeout=5)
     assert [message.headers["task"] for message in taken] == ["integrations.tasks.sweep_connections"]
+
+
+def test_the_sweep_replaces_a_kick_that_waited_too_long_to_be_anything_but_lost(busy_connections, broker):
+    import time
+
+    from integrations.services import KICK_LOST_AFTER_SECONDS, kick_pending_key
+
+    connection = busy_connections[0]
+    assert len(connections_sweep()) == 20
+    broker.flushdb()  # the broker lost its queue, but the cache (elsewhere) kept the marks
+    assert connections_sweep() == []
+    cache.set(kick_pending_key(connection.pk, 2), time.time() - KICK_LOST_AFTER_SECONDS - 1, timeout=300)
+    assert connections_sweep() == [(connection.pk, 2)] and queued(broker) == 1
+    assert connection_kick(connection.pk, 2) is False, "a kick from a change still respects the fresh mark"

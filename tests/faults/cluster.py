@@ -344,6 +344,7 @@ def cluster_start(*, settings: dict[str, str]) -> Cluster:
         ALLOWED_HOSTS="127.0.0.1,localhost",
         DATABASE_URL=postgres.url,
         CELERY_BROKER_URL=redis_server.url,
+        CACHE_URL=redis_server.url,  # shared by every process, as in production (not the tests' own locmem cache)
         PYTHONUNBUFFERED="1",
         LOG_LEVEL="INFO",
     )

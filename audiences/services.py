@@ -303,7 +303,7 @@ def _lock_users_postgresql(
     memberships: dict[int, _MembershipState] = {}
     with connection.cursor() as cursor:
         # New users are inserted in user id order: two batches holding the same new users in other orders would
-        # otherwise each wait for a row the other inserted (project.transactions, step 4).
+        # otherwise each wait for a row the other inserted (project.transactions, step 3).
         cursor.execute(
             "INSERT INTO audiences_user (external_id, identities, created_at, updated_at)"
             " SELECT r->>0, r->>1, %s, %s FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS rows(r, n)"

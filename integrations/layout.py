@@ -4,7 +4,7 @@ DELIVERY_SHARDS is the count wanted; the count in use is the database's, so that
 value never queues a delivery in a shard that nobody drains. `delivery_shards_change` moves to a new count without
 stranding a row: it stops the drains, waits for the running ones to give their leases back, then moves every pending
 and failed delivery to the shard of its user under the new count (`user_id % shards`) and rewinds every shard's
-claims, in one transaction that the writers of deliveries wait for (step 1 of project.transactions).
+claims, in one transaction that the writers of deliveries wait for (step 4 of project.transactions).
 `manage.py migrate` runs it when DELIVERY_SHARDS differs from the database; `manage.py reshard_deliveries` too.
 """
 
@@ -83,6 +83,8 @@ def delivery_shards_change(*, count: int, wait_seconds: float | None = None) -> 
         if db_connection.vendor == "postgresql":
             with db_connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [LAYOUT_LOCK_SPACE])
+        # Lease rows before delivery rows, as Retry failed takes them (project.transactions, step 6).
+        DrainLease.objects.update(claimed_through=0, token="", expires_at=None, not_before=None)
         moved = Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.FAILED]).update(
             shard=Case(
                 When(user__isnull=True, then=Value(0)),
@@ -90,7 +92,6 @@ def delivery_shards_change(*, count: int, wait_seconds: float | None = None) -> 
                 output_field=IntegerField(),
             )
         )
-        DrainLease.objects.update(claimed_through=0, token="", expires_at=None, not_before=None)
         DeliveryLayout.objects.filter(pk=LAYOUT_ID).update(shards=count, changing_to=None)
     global _cached_count
     _cached_count = None

@@ -116,7 +116,7 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> None:
 
     Must run inside the transaction that saved the changes: a change and its deliveries commit together. Each change
     needs `pk`, `audience_id`, `user_id`, `kind` and `timestamp`. The audiences are locked against connections being
-    created or deleted (project.transactions, step 2), so the connections read here are those at commit.
+    created or deleted (project.transactions, step 1), so the connections read here are those at commit.
     """
     audience_ids = {change.audience_id for change in changes}
     connections: dict[int, list[tuple[int, bool]]] = {}
@@ -222,7 +222,7 @@ def deliveries_create_for_audience_deletion(*, audience: Audience, timestamp: in
     """One `AudienceDeleted` record per connection, queued after everything already pending (in shard 0, where it
     waits until the other shards have sent what was queued before it)."""
     now = timezone.now()
-    # Connection rows before their queue locks (project.transactions, steps 3 and 5), as a resync page takes them.
+    # Connection rows before their queue locks (project.transactions, steps 2 and 5), as a resync page takes them.
     connection_ids = list(
         Connection.objects.select_for_update(no_key=True)
         .filter(audience=audience)
@@ -293,7 +293,7 @@ class AudienceGone(Exception):
 
 
 def _audience_lock_exclusive(audience_id: int) -> Audience:
-    """Lock the audience against batches of changes until the transaction ends (project.transactions, step 2): the
+    """Lock the audience against batches of changes until the transaction ends (project.transactions, step 1): the
     open ones commit first, later ones wait, so a connection is created or deleted between two batches, never
     during one."""
     audience = Audience.objects.select_for_update().get(pk=audience_id)

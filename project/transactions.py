@@ -3,23 +3,22 @@
 Every transaction that takes more than one lock takes them in this order (each kind in ascending id), so that two
 transactions never wait for each other. On PostgreSQL:
 
-1. **The layout of the delivery shards** (`delivery_shards_lock`): shared by every transaction that queues
-   deliveries, exclusive while the pending deliveries move to a new shard count.
-2. **Audience rows.** A batch of changes takes its audience `FOR KEY SHARE` (batches run side by side); deleting an
+1. **Audience rows.** A batch of changes takes its audience `FOR KEY SHARE` (batches run side by side); deleting an
    audience, and creating or deleting one of its connections, take it `FOR UPDATE`, which waits for the open batches
    and makes later ones wait, so that every batch sees the audience's connections as they are when it commits.
-   A batch that changes a user's identities takes the user's other audiences `FOR KEY SHARE` after step 4: only
+   A batch that changes a user's identities takes the user's other audiences `FOR KEY SHARE` after step 3: only
    `FOR UPDATE` conflicts with that, and the transactions holding `FOR UPDATE` never wait for a user or a queue lock.
-3. **Connection rows** (`FOR NO KEY UPDATE`): a resync page, an audience's deletion.
-4. **User rows**: new users are inserted in the order of their user ids, then every user of the batch is locked
+2. **Connection rows** (`FOR NO KEY UPDATE`): a resync page, an audience's deletion.
+3. **User rows**: new users are inserted in the order of their user ids, then every user of the batch is locked
    `FOR NO KEY UPDATE` in primary key order. This serialises each user's changes across all audiences.
+4. **The layout of the delivery shards** (`delivery_layout_lock_shared`, an advisory lock): shared by every
+   transaction that queues deliveries, exclusive while the deliveries move to a new shard count.
 5. **The queue lock of each connection** (`deliveries_insert_lock`, an advisory lock per connection, in connection id
    order), held to commit: a connection's deliveries become visible in id order.
-6. **Counters last**: a batch adds to its audience's member count, and a drain settles its batch and then adds to the
+6. **Lease rows, then delivery rows** (Retry failed, a change of the shard count). A drain's own batch is the
+   exception that needs none: its delivery rows belong to the drain that holds their shard's lease.
+7. **Counters last**: a batch adds to its audience's member count, and a drain settles its batch and then adds to the
    connection's counters, as their last writes; nothing is waited for after them.
-
-Delivery rows are written only by the drain holding their shard's lease (a `DrainLease` row, not a database lock),
-by Retry failed and by the purges, which never wait for one another's rows.
 
 A deadlock can still happen where this order cannot be followed (PostgreSQL's own foreign key checks at commit, an
 operator's statement run by hand), and a lock can be held for long by something outside the product:

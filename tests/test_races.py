@@ -16,7 +16,7 @@ from integrations.delivery import connection_drain
 from integrations.models import Connection, Delivery
 from integrations.services import connection_resume, deliveries_insert_lock
 
-from .conftest import apply, customer_ids, drain, join, members
+from .conftest import apply, customer_ids, drain, join, leave, members
 from .emulator import EmulatedStream, ServiceUnavailable, firehose_behaviour
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -207,3 +207,18 @@ def test_a_resume_during_a_failing_request_gives_a_fresh_retry_budget(connection
     connection.refresh_from_db()
     assert connection.status == Connection.Status.ACTIVE
     assert connection.consecutive_failures == 1
+
+
+def test_a_batch_that_waited_for_a_users_lock_sees_what_the_other_batch_committed(connection, audience):
+    apply(audience, leave("u", 50))  # the user exists (a leave of a non-member: nothing else is stored)
+    first, release = in_open_transaction(lambda: apply(audience, join("u", 100, CustomerId="c")))
+    second, errors = in_thread(lambda: apply(audience, join("u", 101, CustomerId="c")))  # the same member again
+    wait_for_waiters(1)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert errors == []
+    audience.refresh_from_db()
+    assert audience.member_count == 1 == Membership.objects.filter(audience=audience, is_member=True).count()
+    joins = Delivery.objects.filter(connection=connection, kind=Delivery.Kind.CHANGE, is_member=True)
+    assert joins.count() == 1, "the second join was a no-op, not a second join"

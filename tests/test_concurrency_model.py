@@ -20,6 +20,7 @@ import json
 import random
 import threading
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -160,11 +161,13 @@ class Client:
         self.api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
 
     def call(self, method: str, path: str, body: dict | None = None, expected=(200,)) -> tuple[int, dict | None]:
-        response = (
-            getattr(self.api, method)(path, body, format="json")
-            if body is not None
-            else getattr(self.api, method)(path)
-        )
+        send = getattr(self.api, method)
+        try:
+            response = send(path, body, format="json") if body is not None else send(path)
+        except Exception:  # noqa: BLE001 - what the server would have answered 500 for
+            self.world.answers["500"] += 1
+            self.world.errors.append(f"{method.upper()} {path}: 500 {traceback.format_exc(limit=-6)}")
+            return 500, None
         self.world.answers[f"{response.status_code}"] += 1
         if response.status_code not in expected:
             self.world.errors.append(f"{method.upper()} {path}: {response.status_code} {response.content[:300]!r}")
@@ -188,6 +191,8 @@ class Client:
         try:
             for _ in range(operations):
                 self.rng.choices(actions, weights)[0]()
+        except Exception:  # noqa: BLE001 - a client that stops is a finding too
+            self.world.errors.append(f"client stopped: {traceback.format_exc(limit=-8)}")
         finally:
             db_connection.close()
 

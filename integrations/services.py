@@ -129,9 +129,10 @@ def deliveries_create_for_changes(changes: Sequence[MembershipChange]) -> None:
             active.add(connection_id)
     if not connections:
         return
-    shards = deliveries_insert_lock(connection_id for items in connections.values() for connection_id, _ in items)
+    connection_ids = sorted(connection_id for items in connections.values() for connection_id, _ in items)
+    shards = deliveries_insert_lock(connection_ids)
     if db_connection.vendor == "postgresql":
-        _deliveries_insert_select([change.pk for change in changes], shards)
+        _deliveries_insert_select([change.pk for change in changes], connection_ids, shards)
     else:
         _deliveries_bulk_create(changes, connections, shards)
     connections_kick_on_commit(active)  # a paused or faulted connection is kicked when it resumes
@@ -158,29 +159,34 @@ def deliveries_insert_lock(connection_ids: Iterable[int]) -> int:
     return shards
 
 
-def _deliveries_insert_select(change_ids: list[int], shards: int) -> None:
-    """One INSERT ... SELECT from the saved changes and their audiences' connections: no row passes through Python.
-    Ids follow the ORDER BY, so that a user's deliveries keep the order of the user's changes (the IsMember false
-    record of an identity change first)."""
+def _deliveries_insert_select(change_ids: list[int], connection_ids: list[int], shards: int) -> None:
+    """One INSERT ... SELECT from the saved changes and their audiences' connections (those given, which the caller
+    holds the queue locks of): no row passes through Python. Ids follow the ORDER BY, so that a user's deliveries keep
+    the order of the user's changes (the IsMember false record of an identity change first). The changes are read
+    first, by primary key (MATERIALIZED): joined the other way round, the planner may scan every change ever made in
+    the audience."""
     now = timezone.now()
     with db_connection.cursor() as cursor:
         cursor.execute(
             f"""
+            WITH change AS MATERIALIZED (
+                SELECT id, audience_id, user_id, kind, "timestamp" FROM {MembershipChange._meta.db_table}
+                WHERE id = ANY(%(ids)s)
+            )
             INSERT INTO {Delivery._meta.db_table}
                 (connection_id, shard, kind, change_id, user_id, is_member, uses_previous_identities, "timestamp",
                  status, attempts, next_attempt_at, last_error, created_at)
             SELECT connection.id, change.user_id %% %(shards)s, %(kind)s, change.id, change.user_id, step.is_member,
                    step.uses_previous_identities, change."timestamp", %(pending)s, 0, %(now)s, '', %(now)s
-            FROM {MembershipChange._meta.db_table} AS change
+            FROM change
             JOIN {Connection._meta.db_table} AS connection
-              ON connection.audience_id = change.audience_id AND connection.deleted_at IS NULL
+              ON connection.audience_id = change.audience_id AND connection.id = ANY(%(connections)s)
             JOIN {Configuration._meta.db_table} AS configuration ON configuration.id = connection.configuration_id
             CROSS JOIN LATERAL (
                 VALUES (0, false, true), (1, change.kind <> %(left)s, false)
             ) AS step (number, is_member, uses_previous_identities)
-            WHERE change.id = ANY(%(ids)s)
-              AND (step.number = 1
-                   OR (change.kind = %(identities_changed)s AND configuration.send_remove_on_identity_change))
+            WHERE step.number = 1
+               OR (change.kind = %(identities_changed)s AND configuration.send_remove_on_identity_change)
             ORDER BY change.id, connection.id, step.number
             """,
             {
@@ -191,6 +197,7 @@ def _deliveries_insert_select(change_ids: list[int], shards: int) -> None:
                 "left": MembershipChange.Kind.LEFT,
                 "identities_changed": MembershipChange.Kind.IDENTITIES_CHANGED,
                 "ids": change_ids,
+                "connections": connection_ids,
             },
         )
 

@@ -18,11 +18,8 @@ from audiences.services import (
     membership_changes_apply,
     user_identities_update,
 )
-from integrations.models import Configuration, Connection
-from integrations.selectors import alerts_list, connection_backlog
-from integrations.services import (
-    configuration_create,
-    configuration_update,
+from integrations.configurations import configuration_create, configuration_update
+from integrations.connections import (
     connection_create,
     connection_pause,
     connection_resume,
@@ -30,6 +27,9 @@ from integrations.services import (
     connection_test,
     connection_update,
 )
+from integrations.models import Configuration, Connection
+from integrations.outbox import OUTBOX
+from integrations.selectors import alerts_list, connection_backlog
 
 from . import serializers as s
 from .errors import InvalidInput, flatten
@@ -92,7 +92,7 @@ class AudienceDetailView(ManageView):
 
     @extend_schema(responses={204: None, **ERRORS})
     def delete(self, request: Request, audience_id: int) -> Response:
-        audience_delete(audience=audience_get_live(audience_id))
+        audience_delete(audience=audience_get_live(audience_id), outbox=OUTBOX)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -102,7 +102,7 @@ class AudienceChangesView(IngestView):
         audience = audience_get_live(audience_id)
         changes = parse_changes(request.data)
         try:
-            result = membership_changes_apply(audience=audience, changes=changes)
+            result = membership_changes_apply(audience=audience, changes=changes, outbox=OUTBOX)
         except AudienceDeleted:
             return Response({"errors": [{"field": "", "message": "Not found."}]}, status=status.HTTP_404_NOT_FOUND)
         return Response({"accepted": result.accepted, "ignored": result.ignored}, status=status.HTTP_202_ACCEPTED)
@@ -119,7 +119,9 @@ class UserView(IngestView):
         unknown = [(key, "Unknown field.") for key in data if key != "identities"]
         if unknown:
             raise InvalidInput(unknown)
-        user = user_identities_update(user_id=user_id, identities=identities_or_raise(data["identities"]))
+        user = user_identities_update(
+            user_id=user_id, identities=identities_or_raise(data["identities"]), outbox=OUTBOX
+        )
         return Response(s.UserSerializer(user).data)
 
 

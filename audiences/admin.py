@@ -29,6 +29,7 @@ from django.utils.text import Truncator
 
 from integrations.admin import badge, can_view_configurations, connection_status_badge, date_column, when
 from integrations.models import Connection
+from integrations.outbox import OUTBOX
 from project.admin_tools import ReadOnly, ReadOnlyAdmin, choice_filter
 
 from .models import Audience, Membership, MembershipChange, User
@@ -255,11 +256,11 @@ class AudienceAdmin(admin.ModelAdmin):
     # Deleting is always a soft delete through the service, never a DELETE of the row.
 
     def delete_model(self, request: HttpRequest, obj: Audience) -> None:
-        audience_delete(audience=obj)
+        audience_delete(audience=obj, outbox=OUTBOX)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Audience]) -> None:
         for audience in queryset.filter(deleted_at__isnull=True).order_by("pk"):
-            audience_delete(audience=audience)
+            audience_delete(audience=audience, outbox=OUTBOX)
 
     # --- the members page ---
 

@@ -1,5 +1,6 @@
 """Writes for audiences, users and memberships (contract section 4). Each call is one transaction, and every change
-it applies is written together with its deliveries."""
+it applies is written together with its deliveries, by the `Outbox` the caller hands in (`integrations.outbox.OUTBOX`:
+this app never imports the integrations that forward its changes)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from integrations.services import deliveries_create_for_audience_deletion, deliveries_create_for_changes
 from project.transactions import atomic_with_retry
 
 from .identities import Identities, identities_json
@@ -23,6 +23,14 @@ from .models import Audience, Membership, MembershipChange, User
 
 class AudienceDeleted(Exception):
     pass
+
+
+class Outbox(Protocol):
+    """Writes the deliveries of what a service saved, inside the service's transaction."""
+
+    def changes_saved(self, changes: list[AppliedChange]) -> None: ...
+
+    def audience_deleted(self, *, audience: Audience, timestamp: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ def audience_update(*, audience: Audience, **fields: str) -> Audience:
 
 
 @atomic_with_retry
-def audience_delete(*, audience: Audience) -> Audience:
+def audience_delete(*, audience: Audience, outbox: Outbox) -> Audience:
     """Soft-delete: the id is never reused, and each connection gets one `AudienceDeleted` record.
 
     The exclusive lock waits for the batches of changes being applied (they hold a shared lock on the audience), and
@@ -77,7 +85,7 @@ def audience_delete(*, audience: Audience) -> Audience:
         return audience
     audience.deleted_at = timezone.now()
     audience.save(update_fields=["deleted_at"])
-    deliveries_create_for_audience_deletion(audience=audience, timestamp=now_timestamp())
+    outbox.audience_deleted(audience=audience, timestamp=now_timestamp())
     return audience
 
 
@@ -116,7 +124,7 @@ class _Change(NamedTuple):
 
 
 class AppliedChange(NamedTuple):
-    """A saved change, with what `deliveries_create_for_changes` reads of it."""
+    """A saved change, with what an `Outbox` reads of it."""
 
     pk: int
     audience_id: int
@@ -160,8 +168,9 @@ def _json_rows(rows: Iterable[tuple]) -> str:
 class _ChangeLog:
     """Collects the changes of one transaction, then writes them, their deliveries and the new state in bulk."""
 
-    def __init__(self, texts: _JsonTexts) -> None:
+    def __init__(self, texts: _JsonTexts, outbox: Outbox) -> None:
         self.texts = texts
+        self.outbox = outbox
         self.changes: list[_Change] = []
         self.memberships: dict[tuple[int, int], _MembershipState] = {}
         self.users: dict[int, _UserState] = {}
@@ -174,7 +183,7 @@ class _ChangeLog:
             for pk, change in zip(change_ids, self.changes, strict=True)
         ]
         if applied:
-            deliveries_create_for_changes(applied)
+            self.outbox.changes_saved(applied)
         return applied
 
     def _save_postgresql(self, now: datetime) -> list[int]:
@@ -394,7 +403,7 @@ def _identities_changed(
 
 
 @atomic_with_retry
-def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn]) -> ApplyResult:
+def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn], outbox: Outbox) -> ApplyResult:
     """Apply a validated batch of changes in order. Stale and no-op changes are ignored and counted.
 
     Batches for one audience run side by side (each user's changes are serialised by the user's row lock, and each
@@ -415,7 +424,7 @@ def membership_changes_apply(*, audience: Audience, changes: list[ChangeIn]) -> 
         if change.identities is not None and change.identities != users[change.user_id].identities
     }
     elsewhere = _member_elsewhere(list(changing), audience_id)
-    log = _ChangeLog(texts)
+    log = _ChangeLog(texts, outbox)
     member_delta = 0
 
     for change in changes:
@@ -479,12 +488,12 @@ def _audience_shared_lock(audience_id: int) -> datetime | None:
 
 
 @atomic_with_retry
-def user_identities_update(*, user_id: str, identities: Identities) -> User:
+def user_identities_update(*, user_id: str, identities: Identities, outbox: Outbox) -> User:
     """Replace a user's identities; every audience where the user is a member gets an identity change."""
     texts = _JsonTexts()
     user = _lock_users({user_id: identities}, None, texts)[0][user_id]
     if identities != user.identities:
-        log = _ChangeLog(texts)
+        log = _ChangeLog(texts, outbox)
         _identities_changed(log, user, identities, now_timestamp(), _member_elsewhere([user.pk], None).get(user.pk, []))
         log.save()
     return User.objects.get(pk=user.pk)

@@ -123,8 +123,8 @@ def main() -> None:
         from django.test import Client
 
         from audiences.services import audience_create
+        from integrations.configurations import configuration_create
         from integrations.models import Connection
-        from integrations.services import configuration_create
 
         call_command("migrate", verbosity=0)
         audience = audience_create(internal_name="everyone")

@@ -46,6 +46,17 @@ from django.utils.timesince import timesince, timeuntil
 from django.views.decorators.debug import sensitive_post_parameters
 
 from audiences.identities import IDENTITY_LABELS
+from integrations.configurations import configuration_create, configuration_update
+from integrations.connections import (
+    connection_create,
+    connection_delete,
+    connection_pause,
+    connection_resume,
+    connection_resync,
+    connection_test,
+    connection_update,
+    deliveries_retry_failed,
+)
 from project.admin_tools import ReadOnlyAdmin, choice_filter
 
 from .alerts import alerts_acknowledge, alerts_acknowledge_all
@@ -64,18 +75,6 @@ from .selectors import (
     connections_worst_first,
     deliveries_backlog_capped,
     resync_progress,
-)
-from .services import (
-    configuration_create,
-    configuration_update,
-    connection_create,
-    connection_delete,
-    connection_pause,
-    connection_resume,
-    connection_resync,
-    connection_test,
-    connection_update,
-    deliveries_retry_failed,
 )
 from .stats import ConnectionDay, connection_last_24_hours, deliveries_last_24_hours
 

@@ -8,6 +8,21 @@ from django.utils import timezone
 from .models import OPEN_ALERTS, AlertHourlyCount, Connection, SystemAlert
 from .records import record_masked
 from .stats import hour_of
+from .transport.base import Reason
+
+# What a transport's reason for a failure raises; None: no alert (the network, retried with backoff). The alert
+# types themselves are `SystemAlert.Type` (contract section 6).
+ALERT_FOR_REASON: dict[Reason, SystemAlert.Type | None] = {
+    Reason.THROTTLED: SystemAlert.Type.INTERNAL_SERVER_ERROR,
+    Reason.SERVER_ERROR: SystemAlert.Type.INTERNAL_SERVER_ERROR,
+    Reason.UNREACHABLE: None,
+    Reason.ACCESS_DENIED: SystemAlert.Type.ACCESS_DENIED,
+    Reason.STREAM_NOT_FOUND: SystemAlert.Type.STREAM_NOT_FOUND,
+    Reason.STREAM_NOT_ACTIVE: SystemAlert.Type.STREAM_NOT_ACTIVE,
+    Reason.RECORD_TOO_LARGE: SystemAlert.Type.RECORD_TOO_LARGE,
+    Reason.ENDPOINT_NOT_USABLE: SystemAlert.Type.ENDPOINT_NOT_USABLE,
+    Reason.CREDENTIALS_NOT_USABLE: SystemAlert.Type.CREDENTIALS_NOT_USABLE,
+}
 
 # An alert of these types says the stream could not be reached or written: it resolves itself once the connection
 # delivers again. The others are about records or the IAM policy, and stay open until acknowledged.
@@ -20,6 +35,10 @@ RESOLVED_BY_DELIVERY = [
     SystemAlert.Type.ENDPOINT_NOT_USABLE,
     SystemAlert.Type.CREDENTIALS_NOT_USABLE,
 ]
+
+
+def alert_for(reason: Reason) -> SystemAlert.Type | None:
+    return ALERT_FOR_REASON[reason]
 
 
 def alert_raise(*, connection: Connection | int, type: str, message: str, sample: bytes | None = None) -> None:

@@ -14,20 +14,35 @@ import logging
 import time
 
 from django.conf import settings
-from django.db import connection as db_connection
 from django.db import transaction
 from django.db.models import Case, ExpressionWrapper, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
+from . import sql
 from .models import Delivery, DeliveryLayout, DrainLease
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_LOCK_SPACE = 7_246_002  # the advisory lock (space, 0) of the layout: shared by writers, exclusive to move
 LAYOUT_ID = 1
 # Kicks only need an approximate count (a kick for a shard that no longer exists finds nothing to do).
 SHARD_COUNT_CACHE_SECONDS = 5.0
-_cached_count: tuple[float, int] | None = None
+
+
+class _CachedCount:
+    """This process's last read of the shard count, until it goes stale."""
+
+    def __init__(self) -> None:
+        self.count: int | None = None
+        self.until = 0.0
+
+    def get(self) -> int | None:
+        return self.count if self.count is not None and self.until > time.monotonic() else None
+
+    def set(self, count: int | None) -> None:
+        self.count, self.until = count, time.monotonic() + SHARD_COUNT_CACHE_SECONDS
+
+
+_cached_count = _CachedCount()
 
 
 class ReshardTimeout(Exception):
@@ -42,11 +57,10 @@ def delivery_layout() -> DeliveryLayout:
 
 
 def delivery_shard_count(*, cached: bool = False) -> int:
-    global _cached_count
-    if cached and _cached_count is not None and _cached_count[0] > time.monotonic():
-        return _cached_count[1]
+    if cached and (count := _cached_count.get()) is not None:
+        return count
     count = delivery_layout().shards
-    _cached_count = (time.monotonic() + SHARD_COUNT_CACHE_SECONDS, count)
+    _cached_count.set(count)
     return count
 
 
@@ -57,9 +71,7 @@ def delivery_shards_changing() -> bool:
 def delivery_layout_lock_shared() -> int:
     """Until the transaction ends, keep the shard count from changing; returns it. Taken by every transaction that
     queues deliveries, before the connections' queue locks."""
-    if db_connection.vendor == "postgresql":
-        with db_connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s, 0)", [LAYOUT_LOCK_SPACE])
+    sql.layout_lock_shared()
     return delivery_layout().shards
 
 
@@ -80,9 +92,7 @@ def delivery_shards_change(*, count: int, wait_seconds: float | None = None) -> 
             raise ReshardTimeout(f"Drains still hold leases after {wait:g} s; nothing was moved.")
         time.sleep(0.2)
     with transaction.atomic():
-        if db_connection.vendor == "postgresql":
-            with db_connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [LAYOUT_LOCK_SPACE])
+        sql.layout_lock_exclusive()
         # Lease rows before delivery rows, as Retry failed takes them (project.transactions, step 6).
         DrainLease.objects.update(claimed_through=0, token="", expires_at=None, not_before=None)
         moved = Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.FAILED]).update(
@@ -93,8 +103,7 @@ def delivery_shards_change(*, count: int, wait_seconds: float | None = None) -> 
             )
         )
         DeliveryLayout.objects.filter(pk=LAYOUT_ID).update(shards=count, changing_to=None)
-    global _cached_count
-    _cached_count = None
+    _cached_count.set(None)
     logger.info("Deliveries now split into %s shards; %s pending or failed deliveries moved.", count, moved)
     return moved  # the sweep kicks the shards with work
 

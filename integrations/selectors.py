@@ -3,10 +3,10 @@
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Aggregate, Case, Count, IntegerField, Max, OuterRef, QuerySet, Subquery, Sum, When
-from django.db.models.expressions import RawSQL
+from django.db.models import Aggregate, Case, Count, Max, OuterRef, QuerySet, Subquery, Sum, When
 from django.db.models.functions import Coalesce
 
+from . import sql
 from .models import OPEN_ALERTS, AlertHourlyCount, Connection, Delivery, DeliveryStats, SystemAlert
 from .regions import region_partition
 from .stats import hour_of
@@ -77,14 +77,7 @@ def connections_with_backlog(queryset: QuerySet[Connection] | None = None) -> Qu
     """Connections annotated with `backlog` (pending deliveries, up to BACKLOG_COUNT_CAP + 1) in the same query: one
     correlated, bounded count per row on the backlog's partial index, instead of one query per connection."""
     queryset = Connection.objects.all() if queryset is None else queryset
-    deliveries, connections = Delivery._meta.db_table, Connection._meta.db_table
-    pending = RawSQL(
-        f"SELECT COUNT(*) FROM (SELECT 1 FROM {deliveries} pending WHERE pending.connection_id = {connections}.id "
-        f"AND pending.status = %s LIMIT %s) capped",
-        (Delivery.Status.PENDING.value, BACKLOG_COUNT_CAP + 1),
-        output_field=IntegerField(),
-    )
-    return queryset.annotate(backlog=pending)
+    return queryset.annotate(backlog=sql.backlog_count_capped(BACKLOG_COUNT_CAP + 1))
 
 
 def _total_per_row(rows: QuerySet, outer: str, aggregate: Aggregate) -> Coalesce:

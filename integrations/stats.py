@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import connection as db_connection
 from django.db.models import Sum
 from django.utils import timezone
 
+from . import sql
 from .models import ALL_TIME, LATENCY_BUCKETS, DeliveryStats
 
 LATENCY_BOUNDS = [bound for bound, _ in LATENCY_BUCKETS]
@@ -53,22 +53,7 @@ def stats_record(
     if not increments:
         return
     hours = [ALL_TIME, hour_of(now or timezone.now())]
-    names = list(increments)
-    table = DeliveryStats._meta.db_table
-    columns = ", ".join(["connection_id", "hour", *COUNTER_FIELDS])
-    row = "(" + ", ".join(["%s"] * (2 + len(COUNTER_FIELDS))) + ")"
-    additions = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in names)
-    params: list[object] = []
-    for hour in hours:
-        params += [connection_id, db_connection.ops.adapt_datetimefield_value(hour)]
-        params += [increments.get(name, 0) for name in COUNTER_FIELDS]
-    # One statement for both rows, made by the first batch of the hour (PostgreSQL and SQLite alike).
-    with db_connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) VALUES {row}, {row} "
-            f"ON CONFLICT (connection_id, hour) DO UPDATE SET {additions}",
-            params,
-        )
+    sql.delivery_stats_add(connection_id, hours, increments, COUNTER_FIELDS)
 
 
 @dataclass

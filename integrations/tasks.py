@@ -6,15 +6,16 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 
-from .delivery import connection_drain, connections_sweep
+from integrations.delivery import connection_drain, connections_sweep
+
 from .health import worker_heartbeat_record
+from .kicks import DRAIN_TASK, PURGE_DELETED_TASK, connection_kick, kick_taken
 from .retention import connections_purge_deleted, deliveries_purge
-from .services import connection_kick, kick_taken
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name=DRAIN_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def drain_connection(connection_id: int, shard: int = 0) -> dict:
     kick_taken(connection_id, shard)
     report = connection_drain(connection_id, shard)
@@ -34,7 +35,7 @@ def sweep_connections() -> list[int]:
     return connections_sweep()
 
 
-@shared_task(ignore_result=True)
+@shared_task(name=PURGE_DELETED_TASK, ignore_result=True)
 def purge_deleted_connections() -> dict:
     """Queued when a connection is deleted, and hourly: its rows go in batches, then the connection row."""
     report = connections_purge_deleted()

@@ -15,10 +15,12 @@ from rest_framework.test import APIClient
 from api.services import api_key_create
 from audiences.models import Audience
 from audiences.services import ChangeIn, audience_create, membership_changes_apply
+from integrations.configurations import configuration_create
+from integrations.connections import connection_create
 from integrations.delivery import DrainReport, connection_drain
 from integrations.layout import delivery_shard_count, delivery_shards_change
 from integrations.models import Configuration, Connection
-from integrations.services import configuration_create, connection_create
+from integrations.outbox import OUTBOX
 
 from .emulator import EmulatedStream
 
@@ -69,7 +71,7 @@ def connection(make_connection) -> Connection:
 
 
 def apply(audience: Audience, *changes: ChangeIn):
-    return membership_changes_apply(audience=audience, changes=list(changes))
+    return membership_changes_apply(audience=audience, changes=list(changes), outbox=OUTBOX)
 
 
 def join(user_id: str, timestamp: int | None = None, **identities: str) -> ChangeIn:
@@ -86,7 +88,7 @@ def members(audience: Audience, count: int, prefix: str = "user", **identities: 
         ChangeIn(user_id=f"{prefix}-{n}", is_member=True, identities={"CustomerId": f"{prefix}-{n}", **identities})
         for n in range(count)
     ]
-    membership_changes_apply(audience=audience, changes=changes)
+    membership_changes_apply(audience=audience, changes=changes, outbox=OUTBOX)
 
 
 def customer_ids(records: list[dict]) -> list[str]:

@@ -23,9 +23,11 @@ from api.models import ApiKey
 from audiences.models import Audience, User
 from audiences.services import ChangeIn, audience_create, membership_changes_apply
 from integrations.alerts import alert_raise
+from integrations.configurations import configuration_create
+from integrations.connections import connection_create, connection_pause
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
+from integrations.outbox import OUTBOX
 from integrations.retention import connections_purge_deleted
-from integrations.services import configuration_create, connection_create, connection_pause
 
 from .admin_pages import messages_of, result_rows, staff_client, url
 
@@ -75,6 +77,7 @@ def add_members(audience: Audience, *user_ids: str) -> None:
     membership_changes_apply(
         audience=audience,
         changes=[ChangeIn(user_id=user_id, is_member=True, identities={"CustomerId": user_id}) for user_id in user_ids],
+        outbox=OUTBOX,
     )
 
 
@@ -729,7 +732,9 @@ def test_users_are_found_by_user_id_and_cannot_be_edited(admin_client, low_engag
 
 
 def test_a_user_without_identities_reads_as_anonymous(admin_client, low_engagement):
-    membership_changes_apply(audience=low_engagement, changes=[ChangeIn(user_id="anonymous-42", is_member=True)])
+    membership_changes_apply(
+        audience=low_engagement, changes=[ChangeIn(user_id="anonymous-42", is_member=True)], outbox=OUTBOX
+    )
     user = User.objects.get()
 
     assert "none (anonymous)" in result_rows(admin_client.get(url("audiences_user_changelist")).text)

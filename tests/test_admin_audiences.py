@@ -13,7 +13,9 @@ from django.test.utils import CaptureQueriesContext
 from audiences.models import Audience, Membership, MembershipChange, User
 from audiences.selectors import CHANGES_PER_PAGE, MEMBER_SEARCH_CANDIDATES, MEMBERS_PER_PAGE
 from audiences.services import audience_create, audience_delete, user_identities_update
-from integrations.services import configuration_create, connection_create
+from integrations.configurations import configuration_create
+from integrations.connections import connection_create
+from integrations.outbox import OUTBOX
 
 from .admin_pages import result_rows, staff_client, url
 from .conftest import apply, join, leave
@@ -191,7 +193,7 @@ def test_search_goes_on_past_matching_users_who_are_not_members(admin_client, au
 
 def test_a_deleted_audience_still_shows_its_members(admin_client, audience):
     add_members(audience, "p.fogg138")
-    audience_delete(audience=audience)
+    audience_delete(audience=audience, outbox=OUTBOX)
 
     page = admin_client.get(members_url(audience)).text
 
@@ -240,7 +242,9 @@ def test_a_users_changes_are_listed_newest_first_with_identities_before_and_afte
 def test_the_changes_filter_by_audience(admin_client, audience, other_audience):
     add_members(audience, "p.fogg138")
     add_members(other_audience, "p.fogg138", "aouda")
-    user_identities_update(user_id="p.fogg138", identities={"CustomerId": "new"})  # one change in each audience
+    user_identities_update(
+        user_id="p.fogg138", identities={"CustomerId": "new"}, outbox=OUTBOX
+    )  # one change in each audience
     user = User.objects.get(external_id="p.fogg138")
     mine = list(
         MembershipChange.objects.filter(user=user, audience=audience).order_by("-pk").values_list("pk", flat=True)

@@ -12,8 +12,8 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from api.models import ApiKey
+from integrations.configurations import configuration_create
 from integrations.models import Configuration
-from integrations.services import configuration_create
 
 OLD_KEY = Fernet.generate_key().decode()
 NEW_KEY = Fernet.generate_key().decode()

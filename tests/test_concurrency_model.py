@@ -30,12 +30,12 @@ from rest_framework.test import APIClient
 
 from api.services import api_key_create
 from audiences.models import Audience, Membership, User
-from integrations import delivery as delivery_engine
 from integrations import retention
-from integrations import services as integration_services
+from integrations.configurations import configuration_create
+from integrations.connections import connection_delete, connection_resume
 from integrations.delivery import connection_drain
+from integrations.delivery import resync as resync_stage
 from integrations.models import Connection, Delivery
-from integrations.services import configuration_create, connection_resume
 
 from . import firehose_emulator
 from .concurrency_model import Change, History
@@ -253,14 +253,13 @@ class Client:
             self.world.errors.append(f"connection refused for another reason than a deleted audience: {answer}")
 
     def connection_delete(self) -> None:
-        delete = getattr(integration_services, "connection_delete", None)
         connection_id = self.world.pick(self.rng, self.world.live_connections())
-        if delete is None or connection_id is None:
+        if connection_id is None:
             return
         with self.world.lock:
             self.world.deleted_connections.add(connection_id)
         try:
-            delete(connection=Connection.objects.get(pk=connection_id))
+            connection_delete(connection=Connection.objects.get(pk=connection_id))
         except Exception as error:  # noqa: BLE001 - every failure is a finding
             self.world.errors.append(f"connection_delete({connection_id}): {error!r}")
 
@@ -426,7 +425,7 @@ def summary(problems: list[str], each: int = 4) -> str:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_concurrent_clients_operators_and_drains_lose_nothing(seed, emulator, shards, monkeypatch):
-    monkeypatch.setattr(delivery_engine, "RESYNC_PAGE_SIZE", 7)  # many short resync pages, each its own transaction
+    monkeypatch.setattr(resync_stage, "RESYNC_PAGE_SIZE", 7)  # many short resync pages, each its own transaction
     configuration = configuration_create(
         name="Model", access_key_id=ACCESS_KEY_ID, secret_access_key=SECRET_ACCESS_KEY, endpoint_url=emulator
     )

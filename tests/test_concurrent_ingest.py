@@ -10,6 +10,7 @@ from django.db import transaction
 
 from audiences.services import AudienceDeleted, audience_delete
 from integrations.models import Delivery
+from integrations.outbox import OUTBOX
 
 from .conftest import apply, join, leave
 
@@ -71,7 +72,7 @@ def test_the_audience_lock_of_a_batch_does_not_hold_up_another_batch(audience):
 
 def test_deleting_the_audience_waits_for_an_open_batch_and_later_batches_are_refused(connection, audience):
     batch, release = in_open_transaction(lambda: apply(audience, join("a", 100, CustomerId="a")))
-    deletion, errors = in_thread(lambda: audience_delete(audience=audience))
+    deletion, errors = in_thread(lambda: audience_delete(audience=audience, outbox=OUTBOX))
     deletion.join(0.5)
     assert deletion.is_alive(), "the deletion did not wait for the batch being applied"
     release.set()
@@ -91,8 +92,10 @@ def test_an_identity_change_waits_for_a_deletion_of_another_audience_and_skips_i
     other_connection = make_connection(audience=other, stream_name="other-stream")
     apply(audience, join("u", 100, CustomerId="old"))
     apply(other, join("u", 100, CustomerId="old"))
-    deletion, release = in_open_transaction(lambda: audience_delete(audience=other))
-    update, errors = in_thread(lambda: user_identities_update(user_id="u", identities={"CustomerId": "new"}))
+    deletion, release = in_open_transaction(lambda: audience_delete(audience=other, outbox=OUTBOX))
+    update, errors = in_thread(
+        lambda: user_identities_update(user_id="u", identities={"CustomerId": "new"}, outbox=OUTBOX)
+    )
     update.join(0.5)
     waited = update.is_alive()
     release.set()

@@ -10,17 +10,18 @@ from moto.core import set_initial_no_auth_action_count
 
 from audiences.models import Membership
 from audiences.services import user_identities_update
-from integrations.delivery import backoff_seconds
-from integrations.firehose import MAX_BATCH_BYTES
-from integrations.models import Connection, Delivery, DeliveryAttempt, SystemAlert
-from integrations.services import (
-    configuration_create,
+from integrations.configurations import configuration_create
+from integrations.connections import (
     connection_create,
     connection_pause,
     connection_resume,
     connection_resync,
     connection_test,
 )
+from integrations.delivery.settle import backoff_seconds
+from integrations.models import Connection, Delivery, DeliveryAttempt, SystemAlert
+from integrations.outbox import OUTBOX
+from integrations.transport.firehose import LIMITS
 
 from .conftest import apply, customer_ids, drain, join, leave, members
 from .emulator import fail_entries, firehose_behaviour, throttle_first
@@ -43,10 +44,10 @@ def test_batches_stay_within_4_mib(connection, audience, stream):
     objects = stream.objects()
     sizes = [len(data) for data in objects]
     record_size = len(objects[0].split(b"\n")[0]) + 1
-    per_call = MAX_BATCH_BYTES // record_size
+    per_call = LIMITS.batch_bytes // record_size
     assert per_call < 500, "the records are large enough for the byte limit to bind before the count limit"
-    assert all(size <= MAX_BATCH_BYTES for size in sizes)
-    assert sizes[0] + record_size > MAX_BATCH_BYTES, "each call is filled up to the 4 MiB boundary"
+    assert all(size <= LIMITS.batch_bytes for size in sizes)
+    assert sizes[0] + record_size > LIMITS.batch_bytes, "each call is filled up to the 4 MiB boundary"
     assert [len(call) for call in stream.records_by_call()] == [per_call] * (400 // per_call) + [400 % per_call]
     assert len(stream.records()) == 400
 
@@ -177,7 +178,9 @@ def test_a_paused_new_connection_waits_and_then_syncs(audience, configuration, s
 def test_resync_sends_every_current_member_with_current_identities_after_the_backlog(connection, audience, stream):
     members(audience, 3)
     drain(connection)
-    user_identities_update(user_id="user-0", identities={"CustomerId": "user-0", "Email": "new@example.com"})
+    user_identities_update(
+        user_id="user-0", identities={"CustomerId": "user-0", "Email": "new@example.com"}, outbox=OUTBOX
+    )
     apply(audience, leave("user-2"))
     connection_pause(connection=connection)
     connection_resync(connection=connection)
@@ -350,14 +353,14 @@ def test_a_batch_whose_entries_all_fail_backs_off_before_the_retry(connection, a
 
 def test_a_request_failing_after_the_connection_faulted_keeps_the_reason_it_faulted(connection):
     """Another shard's request in flight when the connection faulted fails too: its error must not hide the fault's."""
-    from integrations.delivery import _unless_faulted
+    from integrations.delivery.settle import unless_faulted
 
     Connection.objects.filter(pk=connection.pk).update(status=Connection.Status.FAULTED, last_error="Gave up.")
-    Connection.objects.filter(pk=connection.pk).update(last_error=_unless_faulted("EndpointConnectionError"))
+    Connection.objects.filter(pk=connection.pk).update(last_error=unless_faulted("EndpointConnectionError"))
     connection.refresh_from_db()
     assert connection.last_error == "Gave up."
     Connection.objects.filter(pk=connection.pk).update(status=Connection.Status.ACTIVE)
-    Connection.objects.filter(pk=connection.pk).update(last_error=_unless_faulted("EndpointConnectionError"))
+    Connection.objects.filter(pk=connection.pk).update(last_error=unless_faulted("EndpointConnectionError"))
     connection.refresh_from_db()
     assert connection.last_error == "EndpointConnectionError"
 
@@ -387,7 +390,9 @@ def test_an_identity_change_in_one_audience_never_makes_a_change_in_another_stal
 
 def test_an_identity_update_by_the_users_api_never_makes_a_later_change_stale(connection, audience):
     apply(audience, join("u", 100, CustomerId="old"))
-    user_identities_update(user_id="u", identities={"CustomerId": "new"})  # stamped with the server's clock
+    user_identities_update(
+        user_id="u", identities={"CustomerId": "new"}, outbox=OUTBOX
+    )  # stamped with the server's clock
     result = apply(audience, leave("u", 150))
     assert (result.accepted, result.stale) == (1, 0)
     assert not Membership.objects.get(user__external_id="u").is_member

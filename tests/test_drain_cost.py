@@ -6,10 +6,11 @@ from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 
 from audiences.services import ChangeIn, membership_changes_apply
+from integrations.connections import connection_pause, connection_resume
 from integrations.delivery import connection_drain
 from integrations.layout import delivery_shard_count
 from integrations.models import Delivery
-from integrations.services import connection_pause, connection_resume
+from integrations.outbox import OUTBOX
 
 from .conftest import drain
 
@@ -19,7 +20,7 @@ def queue(audience, count: int, offset: int) -> None:
         ChangeIn(user_id=f"user-{n}", is_member=True, identities={"CustomerId": f"c{n}"})
         for n in range(offset, offset + count)
     ]
-    membership_changes_apply(audience=audience, changes=changes)
+    membership_changes_apply(audience=audience, changes=changes, outbox=OUTBOX)
 
 
 def queries_to_drain(connection, audience, backlog: int, offset: int) -> tuple[int, int]:

@@ -14,10 +14,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 from audiences.models import Membership
+from integrations.connections import connection_create, connection_test
 from integrations.delivery import connections_sweep
 from integrations.endpoints import endpoint_url_error
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, DeliveryFailure, SystemAlert
-from integrations.services import connection_create, connection_test
 
 from . import firehose_emulator
 from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, drain, join

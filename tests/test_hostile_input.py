@@ -23,6 +23,7 @@ from audiences.models import Audience, MembershipChange, User
 from audiences.services import audience_create, audience_delete
 from integrations.forms import ConfigurationAdminForm, ConnectionAdminForm
 from integrations.models import Configuration, Connection, Delivery
+from integrations.outbox import OUTBOX
 from project.wsgi import application
 
 from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY
@@ -540,7 +541,7 @@ def test_the_connection_form_refuses(audience, configuration, overrides, field):
 
 
 def test_the_connection_form_refuses_a_deleted_audience(audience, configuration):
-    audience_delete(audience=audience)
+    audience_delete(audience=audience, outbox=OUTBOX)
     form = ConnectionAdminForm(data=connection_data(audience, configuration))
     assert not form.is_valid() and "audience" in form.errors
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 from audiences.models import Audience, Membership, MembershipChange, User
 from audiences.services import audience_create, user_identities_update
 from integrations.models import Delivery
+from integrations.outbox import OUTBOX
 
 from .conftest import apply, join, leave
 
@@ -160,7 +161,7 @@ def test_put_user_writes_one_identity_change_per_membership_in_audience_order(au
         apply(each, join("u1", 100, CustomerId="c1"))
     apply(audiences[1], leave("u1", 101))
 
-    user = user_identities_update(user_id="u1", identities={"CustomerId": "c2"})
+    user = user_identities_update(user_id="u1", identities={"CustomerId": "c2"}, outbox=OUTBOX)
 
     assert user.identities == {"CustomerId": "c2"}
     changed = MembershipChange.objects.filter(kind=IDENTITIES_CHANGED).order_by("pk")

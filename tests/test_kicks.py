@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from integrations.delivery import connections_sweep
-from integrations.services import connection_kick, kick_taken
+from integrations.kicks import connection_kick, kick_taken
 from integrations.tasks import sweep_connections
 
 from .conftest import members
@@ -80,7 +80,7 @@ def test_the_sweep_goes_ahead_of_every_waiting_kick(busy_connections, broker):
 def test_the_sweep_replaces_a_kick_that_waited_too_long_to_be_anything_but_lost(busy_connections, broker):
     import time
 
-    from integrations.services import KICK_LOST_AFTER_SECONDS, kick_pending_key
+    from integrations.kicks import KICK_LOST_AFTER_SECONDS, kick_pending_key
 
     connection = busy_connections[0]
     assert len(connections_sweep()) == 20

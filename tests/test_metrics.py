@@ -14,6 +14,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from integrations.alerts import alert_raise
+from integrations.connections import connection_create, connection_pause
 from integrations.models import (
     ALL_TIME,
     LATENCY_BUCKETS,
@@ -22,7 +23,6 @@ from integrations.models import (
     DeliveryStats,
     SystemAlert,
 )
-from integrations.services import connection_create, connection_pause
 from integrations.stats import (
     LATENCY_FIELDS,
     connection_last_24_hours,

@@ -22,6 +22,7 @@ from audiences.models import Audience, User
 from audiences.services import audience_create
 from integrations.admin import LogPaginator
 from integrations.alerts import RESOLVED_BY_DELIVERY, alert_raise, alerts_resolve_on_delivery
+from integrations.connections import connection_create, connection_pause, connection_resume, connection_resync
 from integrations.delivery import connection_drain
 from integrations.models import (
     AlertHourlyCount,
@@ -33,7 +34,6 @@ from integrations.models import (
     SystemAlert,
 )
 from integrations.selectors import alert_ranking, resync_progress
-from integrations.services import connection_create, connection_pause, connection_resume, connection_resync
 from integrations.stats import hour_of
 
 from .admin_pages import messages_of, result_rows, url

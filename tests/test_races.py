@@ -12,9 +12,10 @@ from rest_framework.test import APIClient
 
 from audiences.models import Audience, Membership, User
 from audiences.services import audience_delete
+from integrations.connections import connection_resume
 from integrations.delivery import connection_drain
 from integrations.models import Connection, Delivery
-from integrations.services import connection_resume, deliveries_insert_lock
+from integrations.outbox import OUTBOX, deliveries_insert_lock
 
 from .conftest import apply, customer_ids, drain, join, leave, members
 from .emulator import EmulatedStream, ServiceUnavailable, firehose_behaviour
@@ -114,7 +115,7 @@ def test_every_member_of_the_audience_when_a_connection_is_created_reaches_it(ma
 def test_a_connection_cannot_be_created_for_an_audience_deleted_meanwhile(make_connection, audience):
     from django.core.exceptions import ValidationError
 
-    deletion, release = in_open_transaction(lambda: audience_delete(audience=audience))
+    deletion, release = in_open_transaction(lambda: audience_delete(audience=audience, outbox=OUTBOX))
     creation, errors = in_thread(lambda: make_connection())
     wait_for_waiters(1)
     release.set()
@@ -179,7 +180,9 @@ def test_an_audience_deletion_and_a_resync_page_of_its_connection_do_not_deadloc
     # Something holds the connection's queue lock (another page being queued, say): the deletion and the page both
     # wait for it, the deletion first.
     holder, release = in_open_transaction(lambda: deliveries_insert_lock([connection.pk]))
-    deletion, deletion_errors = in_thread(lambda: audience_delete(audience=Audience.objects.get(pk=audience.pk)))
+    deletion, deletion_errors = in_thread(
+        lambda: audience_delete(audience=Audience.objects.get(pk=audience.pk), outbox=OUTBOX)
+    )
     wait_for_waiters(1)
     page, page_errors = in_thread(lambda: connection_drain(connection.pk, 0, time_budget=5))
     wait_for_waiters(2)

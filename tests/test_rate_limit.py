@@ -7,16 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from integrations.delivery import (
-    SEND_RATE_DECREASE,
-    SEND_RATE_FLOOR,
-    SEND_RATE_INCREASE,
-    connection_drain,
-    connections_sweep,
-)
+from integrations.connections import connection_pause, connection_resume, connection_update
+from integrations.delivery import connection_drain, connections_sweep
+from integrations.delivery.ratelimit import SEND_RATE_DECREASE, SEND_RATE_FLOOR, SEND_RATE_INCREASE
 from integrations.models import Connection, DeliveryAttempt, DrainLease
 from integrations.regions import LARGE_REGION_QUOTA, OTHER_REGION_QUOTA
-from integrations.services import connection_pause, connection_resume, connection_update
 
 from .conftest import apply, customer_ids, drain, join
 from .emulator import ServiceUnavailable, firehose_behaviour, throttle_first

@@ -13,9 +13,9 @@ from django.utils import timezone
 
 from audiences.models import MembershipChange
 from integrations import tasks
+from integrations.connections import connection_create
 from integrations.models import Connection, Delivery, DeliveryAttempt
 from integrations.retention import deliveries_purge
-from integrations.services import connection_create
 
 from .conftest import apply, join
 

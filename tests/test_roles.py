@@ -20,8 +20,8 @@ from api.models import ApiKey
 from api.services import api_key_create
 from audiences.models import Audience, User
 from integrations.alerts import alert_raise
+from integrations.connections import connection_pause
 from integrations.models import Configuration, Connection, Delivery, SystemAlert
-from integrations.services import connection_pause
 
 from .admin_pages import messages_of, url
 from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join

@@ -25,8 +25,8 @@ from django.db import connection as db
 from moto.firehose.responses import FirehoseResponse
 from rest_framework.test import APIClient
 
-from integrations.firehose import Credentials
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
+from integrations.transport.base import Credentials
 
 from . import processes
 from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, drain, join, leave

@@ -9,10 +9,12 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from audiences.services import audience_delete
-from integrations.delivery import _lease_acquire, connection_drain, connections_sweep
+from integrations.connections import connection_pause, connection_resume, connection_resync
+from integrations.delivery import connection_drain, connections_sweep
+from integrations.delivery.lease import lease_acquire
 from integrations.layout import ReshardTimeout, delivery_layout, delivery_shard_count, delivery_shards_change
 from integrations.models import Delivery, DeliveryLayout, DrainLease
-from integrations.services import connection_pause, connection_resume, connection_resync
+from integrations.outbox import OUTBOX
 
 from .conftest import apply, drain, join, leave
 
@@ -69,7 +71,7 @@ def test_each_user_stays_in_one_shard_and_each_shard_sends_only_its_users(connec
 def test_a_shard_with_a_live_lease_is_skipped_while_other_shards_drain(connection, audience, stream):
     drain(connection)
     apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(8)])
-    assert _lease_acquire(connection.pk, 1) is not None  # another worker is draining shard 1
+    assert lease_acquire(connection.pk, 1) is not None  # another worker is draining shard 1
     busy = connection_drain(connection.pk, 1, time_budget=30)
     free = connection_drain(connection.pk, 2, time_budget=30)
     assert not busy.leased and busy.delivered == 0
@@ -80,7 +82,7 @@ def test_a_shard_with_a_live_lease_is_skipped_while_other_shards_drain(connectio
 def test_the_audience_deletion_record_waits_for_the_other_shards(connection, audience, stream):
     drain(connection)
     apply(audience, *[join(f"u{n}", 100, CustomerId=f"c{n}") for n in range(8)])
-    audience_delete(audience=audience)
+    audience_delete(audience=audience, outbox=OUTBOX)
     deletion = Delivery.objects.get(connection=connection, kind=Delivery.Kind.AUDIENCE_DELETED)
     assert deletion.shard == 0
 
@@ -137,7 +139,7 @@ def test_queueing_deliveries_waits_for_the_transaction_that_queues_on_the_same_c
     from django.db import connection as db_connection
     from django.db import transaction
 
-    from integrations.services import deliveries_insert_lock
+    from integrations.outbox import deliveries_insert_lock
 
     if db_connection.vendor != "postgresql":
         pytest.skip("PostgreSQL advisory locks; SQLite runs one writing transaction at a time")
@@ -171,11 +173,11 @@ def test_queueing_deliveries_waits_for_the_transaction_that_queues_on_the_same_c
 def test_shards_failing_together_fault_the_connection_once(connection):
     """Each shard's drain counts the failures it saw; the one that faults the connection raises the alert, the others
     (which read the connection before it was faulted) do not raise it again."""
-    from integrations.delivery import _fault
+    from integrations.delivery.settle import fault
     from integrations.models import Connection, SystemAlert
 
     for _ in range(SHARDS):
-        _fault(connection, "Retry Limit Exceeded", "Gave up.")
+        fault(connection, "Retry Limit Exceeded", "Gave up.")
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
     assert SystemAlert.objects.get(connection=connection, type="Retry Limit Exceeded").count == 1

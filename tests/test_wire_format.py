@@ -6,8 +6,9 @@ import pytest
 
 from audiences.models import Audience
 from audiences.services import audience_delete, audience_update, user_identities_update
+from integrations.configurations import configuration_update
 from integrations.models import Delivery
-from integrations.services import configuration_update
+from integrations.outbox import OUTBOX
 
 from .conftest import apply, drain, join, leave
 
@@ -154,7 +155,7 @@ def test_an_identity_change_by_put_follows_send_remove_on_identity_change(
 ):
     configuration_update(configuration=configuration, send_remove_on_identity_change=send_remove)
     apply(audience, join("u1", 100, CustomerId="c1", Email="old@example.com"))
-    user_identities_update(user_id="u1", identities={"CustomerId": "c1", "Email": "new@example.com"})
+    user_identities_update(user_id="u1", identities={"CustomerId": "c1", "Email": "new@example.com"}, outbox=OUTBOX)
     drain(connection)
 
     sent = [(record["IsMember"], record["UserIdentities"]) for record in stream.records()]
@@ -200,7 +201,7 @@ def test_an_identity_change_reaches_every_audience_of_the_user(make_connection, 
 def test_an_identity_change_invisible_to_a_connection_sends_nothing_there(make_connection, audience, stream):
     connection = make_connection(forward_email_addresses=False)
     apply(audience, join("u1", 100, CustomerId="c1", Email="old@example.com"))
-    user_identities_update(user_id="u1", identities={"CustomerId": "c1", "Email": "new@example.com"})
+    user_identities_update(user_id="u1", identities={"CustomerId": "c1", "Email": "new@example.com"}, outbox=OUTBOX)
     drain(connection)
     assert [record["UserIdentities"] for record in stream.records()] == [{"CustomerId": "c1"}]
 
@@ -275,7 +276,7 @@ def test_each_users_records_arrive_in_the_order_of_their_changes(connection, aud
 def test_deleting_an_audience_sends_one_deletion_record_per_connection(make_connection, audience, stream):
     connections = [make_connection(), make_connection()]
     apply(audience, join("u1", 100, CustomerId="c1"))
-    audience_delete(audience=audience)
+    audience_delete(audience=audience, outbox=OUTBOX)
     for connection in connections:
         drain(connection)
     records = stream.records()

@@ -18,8 +18,10 @@ from api.models import ApiKey
 from api.services import api_key_create
 from audiences.models import Audience
 from audiences.services import ChangeIn, audience_create, membership_changes_apply
+from integrations.configurations import configuration_create
+from integrations.connections import connection_create, connection_resume, connection_resync
 from integrations.models import Configuration, Connection
-from integrations.services import configuration_create, connection_create, connection_resume, connection_resync
+from integrations.outbox import OUTBOX
 
 DEMO_ENDPOINT_URL = "http://127.0.0.1:4566"
 DEMO_REGION = "us-east-1"
@@ -137,6 +139,7 @@ class Command(BaseCommand):
                     ChangeIn(user_id=user_id, is_member=True, identities=identities)
                     for user_id, identities in DEMO_MEMBERS
                 ],
+                outbox=OUTBOX,
             )
             self.stdout.write(f"Created the audience {audience.internal_name!r} (id {audience.pk}) with members.")
 

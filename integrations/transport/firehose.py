@@ -1,40 +1,25 @@
-"""The Firehose transport: it sends and classifies, and never touches the ORM.
+"""The Firehose transport (PutRecordBatch, PutRecord, DescribeDeliveryStream) behind `transport.base.Transport`.
 
-Every failure comes out as one `FirehoseError` that says whether a retry can help (`retryable`) and which
-System Alert, if any, it maps to. Messages are scrubbed of the credentials before they leave this module.
+Every failure comes out as one `TransportError` that says whether a retry can help and why (`Reason`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import ClientError, HTTPClientError
 from django.conf import settings
 
-from .endpoints import EndpointRefused, client_connections_checked, endpoint_url_error
+from ..endpoints import EndpointRefused, client_connections_checked, endpoint_url_error
+from .base import Credentials, EntryFailure, Limits, Reason, StreamDescription, Timeouts, TransportError
 
-MAX_BATCH_RECORDS = 500
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-MAX_RECORD_BYTES = 1000 * 1024
+LIMITS = Limits(batch_records=500, batch_bytes=4 * 1024 * 1024, record_bytes=1000 * 1024)
 
 THROTTLED = "ServiceUnavailableException"  # the stream's rate limit: slow down, then retry
-
-ALERT_RETRY_LIMIT_EXCEEDED = "Retry Limit Exceeded"
-ALERT_INTERNAL_SERVER_ERROR = "500 - Internal Server Error"
-ALERT_ACCESS_DENIED = "Access Denied"
-ALERT_STREAM_NOT_FOUND = "Stream Not Found"
-ALERT_STREAM_NOT_ACTIVE = "Stream Not Active"
-ALERT_RECORD_TOO_LARGE = "Record Too Large"
-ALERT_BATCH_NOT_PERMITTED = "Batch Not Permitted"
-ALERT_ENDPOINT_NOT_USABLE = "Endpoint Not Usable"
-ALERT_CREDENTIALS_NOT_USABLE = "Credentials Not Usable"
 
 ACCESS_DENIED_CODES = frozenset(
     {
@@ -48,12 +33,12 @@ ACCESS_DENIED_CODES = frozenset(
         "MissingAuthenticationToken",
     }
 )
-PERMANENT_CODES: dict[str, str] = {
-    **{code: ALERT_ACCESS_DENIED for code in ACCESS_DENIED_CODES},
-    "ResourceNotFoundException": ALERT_STREAM_NOT_FOUND,
-    "ResourceInUseException": ALERT_STREAM_NOT_ACTIVE,
-    "InvalidKMSResourceException": ALERT_STREAM_NOT_ACTIVE,
-    "InvalidSourceException": ALERT_STREAM_NOT_ACTIVE,
+PERMANENT_CODES: dict[str, Reason] = {
+    **{code: Reason.ACCESS_DENIED for code in ACCESS_DENIED_CODES},
+    "ResourceNotFoundException": Reason.STREAM_NOT_FOUND,
+    "ResourceInUseException": Reason.STREAM_NOT_ACTIVE,
+    "InvalidKMSResourceException": Reason.STREAM_NOT_ACTIVE,
+    "InvalidSourceException": Reason.STREAM_NOT_ACTIVE,
 }
 PLAIN_WORDS: dict[str, str] = {
     "AccessDeniedException": "The credentials are not allowed to do this: check the IAM policy.",
@@ -73,68 +58,17 @@ _XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9.]{0,127}")
 
 
-@dataclass(frozen=True)
-class Credentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    region: str
-    endpoint_url: str = ""
-
-
-class FirehoseError(Exception):
-    def __init__(self, code: str, message: str, *, retryable: bool, alert: str | None, status: int | None = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.alert = alert
-        self.status = status
-
-    @property
-    def is_access_denied(self) -> bool:
-        return self.alert == ALERT_ACCESS_DENIED
-
-    @property
-    def is_throttled(self) -> bool:
-        return self.code == THROTTLED
-
-    @property
-    def plain_words(self) -> str:
-        words = PLAIN_WORDS.get(self.code)
-        return f"{words} ({self.code}: {self.message})" if words else f"{self.code}: {self.message}"
-
-
-@dataclass(frozen=True)
-class EntryFailure:
-    index: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float
-    read: float
-
-
 def delivery_timeouts() -> Timeouts:
     return Timeouts(settings.FIREHOSE_CONNECT_TIMEOUT_SECONDS, settings.FIREHOSE_READ_TIMEOUT_SECONDS)
 
 
-# Test connection runs in a web request: an operator waits for it, so it gives up sooner than a delivery.
-TEST_TIMEOUTS = Timeouts(connect=2.0, read=3.0)
-
-_clients: dict[tuple[Credentials, Timeouts], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def endpoint_not_usable(endpoint_url: str, reason: str) -> FirehoseError:
-    return FirehoseError(
+def endpoint_not_usable(endpoint_url: str, reason: str) -> TransportError:
+    return TransportError(
         "EndpointNotUsable",
         f"The Endpoint URL {_without_userinfo(endpoint_url)} cannot be used: {reason} "
         "Correct it in the configuration (or leave it blank for AWS), then Resume the connection.",
         retryable=False,
-        alert=ALERT_ENDPOINT_NOT_USABLE,
+        reason=Reason.ENDPOINT_NOT_USABLE,
     )
 
 
@@ -145,18 +79,11 @@ def _without_userinfo(url: str) -> str:
 
 def client_for(credentials: Credentials, timeouts: Timeouts | None = None) -> Any:
     """A cached boto3 client: retries are ours (scheduled in the database), so botocore makes exactly one try.
-    Raises FirehoseError when the endpoint cannot be used."""
-    timeouts = timeouts or delivery_timeouts()
-    with _clients_lock:
-        client = _clients.get((credentials, timeouts))
-        if client is None:
-            client = _client_create(credentials, timeouts)
-            if len(_clients) > 256:
-                _clients.clear()
-            _clients[(credentials, timeouts)] = client
-        return client
+    Raises TransportError when the endpoint cannot be used."""
+    return _client_create(credentials, timeouts or delivery_timeouts())
 
 
+@functools.lru_cache(maxsize=256)  # a failure is not cached: it raises
 def _client_create(credentials: Credentials, timeouts: Timeouts) -> Any:
     endpoint_url = credentials.endpoint_url
     if endpoint_url and (reason := endpoint_url_error(endpoint_url)):
@@ -195,21 +122,18 @@ def scrub(text: str, credentials: Credentials) -> str:
     return text[:2000]
 
 
-def classify(exc: Exception, credentials: Credentials) -> FirehoseError:
-    if isinstance(exc, FirehoseError):
+def classify(exc: Exception, credentials: Credentials) -> TransportError:
+    if isinstance(exc, TransportError):
         return exc
     if isinstance(exc, ClientError):
         return _classify_answer(exc, credentials)
     if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), EndpointRefused):
         return endpoint_not_usable(credentials.endpoint_url, f"{exc.kwargs['error']}.")
-    if isinstance(exc, BotoConnectionError):
-        return FirehoseError(type(exc).__name__, scrub(str(exc), credentials), retryable=True, alert=None)
-    if isinstance(exc, BotoCoreError):
-        return FirehoseError(type(exc).__name__, scrub(str(exc), credentials), retryable=True, alert=None)
-    return FirehoseError(type(exc).__name__, scrub(str(exc), credentials), retryable=True, alert=None)
+    # No answer, or none botocore could read: the network, a timeout.
+    return TransportError(type(exc).__name__, scrub(str(exc), credentials), retryable=True, reason=Reason.UNREACHABLE)
 
 
-def _classify_answer(exc: ClientError, credentials: Credentials) -> FirehoseError:
+def _classify_answer(exc: ClientError, credentials: Credentials) -> TransportError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code") or "Unknown")
     message = str(error.get("Message") or "")
@@ -222,21 +146,28 @@ def _classify_answer(exc: ClientError, credentials: Credentials) -> FirehoseErro
         message = f"unexpected HTTP {status or code} answer from the endpoint"
         if code.isdigit() and status and 400 <= status < 500 and status not in (401, 403, 429):
             # A page that is not there, a method not allowed: the URL does not lead to Firehose, retrying won't help.
-            return FirehoseError(code, message, retryable=False, alert=ALERT_ENDPOINT_NOT_USABLE, status=status)
+            return _error(code, message, retryable=False, reason=Reason.ENDPOINT_NOT_USABLE, status=status)
     code, message = scrub(code, credentials)[:128], scrub(message, credentials)
     if code in PERMANENT_CODES:
-        return FirehoseError(code, message, retryable=False, alert=PERMANENT_CODES[code], status=status)
+        return _error(code, message, retryable=False, reason=PERMANENT_CODES[code], status=status)
     if code == "InvalidArgumentException" and "size" in message.lower():
-        return FirehoseError(code, message, retryable=False, alert=ALERT_RECORD_TOO_LARGE, status=status)
+        return _error(code, message, retryable=False, reason=Reason.RECORD_TOO_LARGE, status=status)
     if code == THROTTLED or (status or 0) >= 500:
-        return FirehoseError(code, message, retryable=True, alert=ALERT_INTERNAL_SERVER_ERROR, status=status)
+        reason = Reason.THROTTLED if code == THROTTLED else Reason.SERVER_ERROR
+        return _error(code, message, retryable=True, reason=reason, status=status)
     if status in (401, 403):
-        return FirehoseError(code, message, retryable=False, alert=ALERT_ACCESS_DENIED, status=status)
-    return FirehoseError(code, message, retryable=True, alert=ALERT_INTERNAL_SERVER_ERROR, status=status)
+        return _error(code, message, retryable=False, reason=Reason.ACCESS_DENIED, status=status)
+    return _error(code, message, retryable=True, reason=Reason.SERVER_ERROR, status=status)
+
+
+def _error(code: str, message: str, *, retryable: bool, reason: Reason, status: int | None) -> TransportError:
+    return TransportError(
+        code, message, retryable=retryable, reason=reason, status=status, hint=PLAIN_WORDS.get(code, "")
+    )
 
 
 def put_record_batch(credentials: Credentials, stream_name: str, records: list[bytes]) -> list[EntryFailure]:
-    """Send one PutRecordBatch. Returns the failed entries (empty when all were accepted); raises FirehoseError."""
+    """Send one PutRecordBatch. Returns the failed entries (empty when all were accepted); raises TransportError."""
     try:
         response = client_for(credentials).put_record_batch(
             DeliveryStreamName=stream_name, Records=[{"Data": data} for data in records]
@@ -245,8 +176,14 @@ def put_record_batch(credentials: Credentials, stream_name: str, records: list[b
         raise classify(exc, credentials) from None
     if not response.get("FailedPutCount"):
         return []
+    # Firehose's entry errors (ServiceUnavailableException, InternalFailure) can all be retried.
     return [
-        EntryFailure(index, entry["ErrorCode"], scrub(entry.get("ErrorMessage", ""), credentials))
+        EntryFailure(
+            index,
+            entry["ErrorCode"],
+            scrub(entry.get("ErrorMessage", ""), credentials),
+            reason=Reason.THROTTLED if entry["ErrorCode"] == THROTTLED else Reason.SERVER_ERROR,
+        )
         for index, entry in enumerate(response["RequestResponses"])
         if entry.get("ErrorCode")
     ]
@@ -257,14 +194,6 @@ def put_record(credentials: Credentials, stream_name: str, record: bytes) -> Non
         client_for(credentials).put_record(DeliveryStreamName=stream_name, Record={"Data": record})
     except Exception as exc:  # noqa: BLE001
         raise classify(exc, credentials) from None
-
-
-@dataclass(frozen=True)
-class StreamDescription:
-    name: str
-    arn: str
-    status: str
-    type: str
 
 
 def describe_delivery_stream(
@@ -284,5 +213,22 @@ def describe_delivery_stream(
     )
 
 
-def monotonic_ms(start: float) -> int:
-    return max(0, int((time.monotonic() - start) * 1000))
+class FirehoseTransport:
+    """A Firehose delivery stream (`transport.base.Transport`)."""
+
+    limits: ClassVar[Limits] = LIMITS
+    batch_operation: ClassVar[str] = "PutRecordBatch"
+    single_operation: ClassVar[str] = "PutRecord"
+
+    def __init__(self, credentials: Credentials, stream_name: str):
+        self.credentials = credentials
+        self.stream_name = stream_name
+
+    def send_batch(self, records: list[bytes]) -> list[EntryFailure]:
+        return put_record_batch(self.credentials, self.stream_name, records)
+
+    def send_one(self, record: bytes) -> None:
+        put_record(self.credentials, self.stream_name, record)
+
+    def describe(self, timeouts: Timeouts | None = None) -> StreamDescription:
+        return describe_delivery_stream(self.credentials, self.stream_name, timeouts)

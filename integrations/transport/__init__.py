@@ -1,0 +1,1 @@
+"""The transports: one module per kind of destination, each implementing `base.Transport`."""

@@ -21,7 +21,7 @@ help:
 	@echo "make screenshots  the browser tests, refreshing the README's screenshots in docs/screenshots"
 	@echo "make bench    the throughput and resync benchmark (its own PostgreSQL, Redis, gunicorn, workers, emulator)"
 	@echo "make bench-admin  every operator page timed against 1,000,000 members and 10,000,000 deliveries"
-	@echo "make lint     ruff check and ruff format --check"
+	@echo "make lint     ruff check, ruff format --check, and the layers (import-linter, docs/architecture.md)"
 	@echo "make records  print the records the demo stream delivered to the emulated S3 bucket"
 
 $(PY):
@@ -90,6 +90,7 @@ bench-admin: $(STAMP) | var
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -152,3 +152,15 @@ def user_audiences(*, user: User, limit: int = USER_AUDIENCES_SHOWN) -> list[Aud
     """The audiences where the user has (or had) a membership, in id order: the choices of the change history's
     audience filter."""
     return list(Audience.objects.filter(memberships__user=user).order_by("pk")[:limit])
+
+
+def audience_by_id(audience_id: int) -> Audience | None:
+    """The audience, deleted or not, or None when there is none."""
+    return Audience.objects.filter(pk=audience_id).first()
+
+
+def user_memberships(*, user: User, limit: int) -> list[Membership]:
+    """The first `limit` audiences the user is a member of, in audience id order, each with its audience."""
+    return list(
+        Membership.objects.filter(user=user, is_member=True).select_related("audience").order_by("audience_id")[:limit]
+    )

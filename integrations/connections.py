@@ -3,13 +3,13 @@ failed. Every write that changes what a connection sends takes its locks in the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F, Min
+from django.db.models import F, Min, QuerySet
 from django.db.models.functions import Least
 from django.utils import timezone
 
@@ -186,3 +186,80 @@ def deliveries_retry_failed(*, connection: Connection, delivery_ids: Sequence[in
     if queued and connection.status == Connection.Status.ACTIVE:
         connections_kick_on_commit([connection.pk])
     return queued
+
+
+# --- a selection of connections or deliveries at a time (the operator console's actions) --------------------------
+
+RETRY_FAILED_LIMIT = 100_000  # deliveries queued again by one deliveries_retry_failed_selected
+
+
+@dataclass(frozen=True)
+class FailedRequeued:
+    queued: int
+    connections: int  # the connections the failed deliveries are on
+
+
+def deliveries_retry_failed_selected(*, deliveries: QuerySet[Delivery]) -> FailedRequeued:
+    """Like Svix's Recover Failed: those of the deliveries that failed (up to RETRY_FAILED_LIMIT) are queued again,
+    connection by connection (`deliveries_retry_failed`); the others are left as they are."""
+    failed = deliveries.filter(status=Delivery.Status.FAILED).order_by()
+    by_connection: dict[int, list[int]] = {}
+    for connection_id, pk in failed.values_list("connection_id", "pk")[: RETRY_FAILED_LIMIT + 1]:
+        by_connection.setdefault(connection_id, []).append(pk)
+    queued = 0
+    for connection in Connection.objects.filter(pk__in=by_connection):
+        queued += deliveries_retry_failed(connection=connection, delivery_ids=by_connection[connection.pk])
+    return FailedRequeued(queued=queued, connections=len(by_connection))
+
+
+@dataclass(frozen=True)
+class ResyncStarted:
+    started: list[Connection]
+    skipped: list[Connection]  # of a deleted audience: nothing more goes out on them
+
+
+def connections_resync(*, connections: Iterable[Connection]) -> ResyncStarted:
+    """`connection_resync` on each connection but those of a deleted audience."""
+    started: list[Connection] = []
+    skipped: list[Connection] = []
+    for connection in connections:
+        if connection.audience.is_deleted:
+            skipped.append(connection)
+            continue
+        connection_resync(connection=connection)
+        started.append(connection)
+    return ResyncStarted(started=started, skipped=skipped)
+
+
+def connections_test(*, connections: QuerySet[Connection]) -> list[tuple[Connection, ConnectionTestResult]]:
+    """`connection_test` on each connection, one after the other."""
+    return [
+        (connection, connection_test(connection=connection))
+        for connection in connections.select_related("configuration", "audience")
+    ]
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    changed: list[Connection]
+    unchanged: int  # connections that had that status already
+
+
+def connections_pause(*, connections: QuerySet[Connection]) -> StatusChanged:
+    """Pause the connections that are not paused yet."""
+    return _connections_status_set(connections, Connection.Status.PAUSED, connection_pause)
+
+
+def connections_resume(*, connections: QuerySet[Connection]) -> StatusChanged:
+    """Resume the connections that are not active yet."""
+    return _connections_status_set(connections, Connection.Status.ACTIVE, connection_resume)
+
+
+def _connections_status_set(connections: QuerySet[Connection], status: str, service: Any) -> StatusChanged:
+    changed = [service(connection=connection) for connection in connections.exclude(status=status)]
+    return StatusChanged(changed=changed, unchanged=connections.count() - len(changed))
+
+
+def connections_delete(*, connections: QuerySet[Connection]) -> None:
+    for connection in connections.order_by("pk"):
+        connection_delete(connection=connection)

@@ -1,15 +1,26 @@
 """Reads for connections and alerts, shared by the admin and the API."""
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Aggregate, Case, Count, Max, OuterRef, QuerySet, Subquery, Sum, When
+from django.db.models import Aggregate, Case, Count, Max, OuterRef, Q, QuerySet, Subquery, Sum, When
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from . import sql
-from .models import OPEN_ALERTS, AlertHourlyCount, Connection, Delivery, DeliveryStats, SystemAlert
+from .models import (
+    OPEN_ALERTS,
+    AlertHourlyCount,
+    Configuration,
+    Connection,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStats,
+    SystemAlert,
+)
 from .regions import region_partition
-from .stats import hour_of
+from .stats import deliveries_last_24_hours, hour_of
 
 # The windows of the System Alerts page. Occurrences are counted by the hour, so a window covers its whole first hour.
 ALERT_WINDOWS: dict[str, tuple[str, timedelta]] = {
@@ -168,3 +179,101 @@ def connections_worst_first(*, since: datetime, limit: int = 5) -> list[Connecti
         faulted_first=Case(When(status=Connection.Status.FAULTED, then=0), default=1),
     )
     return list(connections.order_by("faulted_first", "-open_alerts", "-failed_recently", "-backlog", "pk")[:limit])
+
+
+# --- the operator console's pages ---------------------------------------------------------------------------------
+
+
+def connection_by_id(connection_id: int) -> Connection | None:
+    """The connection with its audience, or None when there is none (or it was deleted)."""
+    return Connection.objects.select_related("audience").filter(pk=connection_id).first()
+
+
+def connection_choices() -> list[tuple[int, str]]:
+    """(pk, label) of every connection, in id order, with the audience names loaded in the same query."""
+    return [(c.pk, str(c)) for c in Connection.objects.select_related("audience").order_by("pk")]
+
+
+def connections_faulted_count() -> int:
+    return Connection.objects.filter(status=Connection.Status.FAULTED).count()
+
+
+def connection_has_failed_deliveries(connection_id: int) -> bool:
+    return Delivery.objects.filter(connection_id=connection_id, status=Delivery.Status.FAILED).exists()
+
+
+def connection_open_alert_count(connection: Connection) -> int:
+    return connection.alerts.filter(OPEN_ALERTS).count()
+
+
+def configuration_connections(configuration: Configuration) -> QuerySet[Connection]:
+    """The connections that use the configuration, in id order, each with its audience."""
+    return configuration.connections.select_related("audience").order_by("pk")
+
+
+@dataclass(frozen=True)
+class DeletionCounts:
+    """Rows of each kind that go with deleted connections, each counted up to BACKLOG_COUNT_CAP + 1."""
+
+    deliveries: int
+    attempts: int
+    alerts: int
+    backlog: int  # of the deliveries, those still pending
+
+
+def connections_deletion_counts(connection_ids: list[int]) -> DeletionCounts:
+    """What deleting these connections takes with it, each kind counted up to BACKLOG_COUNT_CAP + 1 rows: never
+    Django's walk over every delivery (a busy connection has millions of them)."""
+
+    def capped(queryset: QuerySet) -> int:
+        return queryset.order_by()[: BACKLOG_COUNT_CAP + 1].count()
+
+    backlog = Delivery.objects.filter(connection_id__in=connection_ids, status=Delivery.Status.PENDING)
+    return DeletionCounts(
+        deliveries=capped(Delivery.objects.filter(connection_id__in=connection_ids)),
+        attempts=capped(DeliveryAttempt.objects.filter(connection_id__in=connection_ids)),
+        alerts=capped(SystemAlert.objects.filter(connection_id__in=connection_ids)),
+        backlog=capped(backlog) if backlog.exists() else 0,
+    )
+
+
+@dataclass(frozen=True)
+class HealthSummary:
+    active: int
+    paused: int
+    faulted: int
+    last_delivered_at: datetime | None
+    backlog: int  # counted up to BACKLOG_COUNT_CAP + 1
+    day: dict[str, int]  # deliveries_last_24_hours
+    worst: list[Connection]  # annotated as by connections_worst_first
+
+
+def health_summary() -> HealthSummary:
+    """Connections by status, the last 24 hours' deliveries, the backlog and the connections that most need a look
+    (not active, or with open alerts, failures in the last 24 hours or a backlog), for the admin index.
+
+    A fixed number of queries whatever the size of the tables: an aggregate over the connections, a sum over the
+    last 24 hourly stats rows per connection, a capped count of the pending deliveries, and one query for the worst
+    connections."""
+    status = Connection.Status
+    totals = Connection.objects.aggregate(
+        active=Count("pk", filter=Q(status=status.ACTIVE)),
+        paused=Count("pk", filter=Q(status=status.PAUSED)),
+        faulted=Count("pk", filter=Q(status=status.FAULTED)),
+        last_delivered_at=Max("last_delivered_at"),
+    )
+    backlog = deliveries_backlog_capped()
+    since = timezone.now() - timedelta(hours=24)
+    return HealthSummary(
+        **totals,
+        backlog=backlog,
+        day=deliveries_last_24_hours(),
+        worst=[
+            connection
+            for connection in connections_worst_first(since=since)
+            if connection.status != status.ACTIVE
+            or connection.open_alerts
+            or connection.failed_recently
+            or connection.backlog
+        ],
+    )

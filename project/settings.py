@@ -65,7 +65,7 @@ if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
 SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if _proxy_ssl_header else None
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.apps.ConsoleAdminConfig",  # django.contrib.admin, with the console's site as the default site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "audiences",
     "integrations",
     "api",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -138,7 +139,7 @@ AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.float("ADMIN_LOGIN_LOCKOUT_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: a username, or an address
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "project.admin_tools.admin_lockout"
+AXES_LOCKOUT_CALLABLE = "console.site.admin_lockout"
 AXES_SENSITIVE_PARAMETERS = ["password"]
 AXES_VERBOSE = False  # no banner at every start; failed logins and lockouts are still logged
 if AXES_FAILURE_LIMIT < 1:

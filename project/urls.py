@@ -6,12 +6,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from integrations.views import healthz, metrics
 
-admin.site.site_header = "Firehose Audience Forwarder"
-admin.site.site_title = "Firehose Audience Forwarder"
-admin.site.index_title = "Audiences, connections and System Alerts"
-# The lists (delivery log, System Alerts) need the width on a laptop screen more than a second menu does.
-admin.site.enable_nav_sidebar = False
-
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     # Browsers ask for it on pages without HTML (/metrics, /healthz); the admin's pages carry the same icon inline.

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from audiences.models import Audience, User
 from audiences.services import audience_create
-from integrations.admin import LogPaginator
+from console.paginators import CappedPaginator as LogPaginator
 from integrations.alerts import RESOLVED_BY_DELIVERY, alert_raise, alerts_resolve_on_delivery
 from integrations.connections import connection_create, connection_pause, connection_resume, connection_resync
 from integrations.delivery import connection_drain

@@ -9,10 +9,10 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from integrations.admin import date_column
+from api.models import ApiKey
+from api.services import api_key_create, api_keys_revoke
 
-from .models import ApiKey
-from .services import api_key_create, api_keys_revoke
+from .display import date_column
 
 
 class ApiKeyAdminForm(forms.ModelForm):

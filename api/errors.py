@@ -1,14 +1,20 @@
-"""Every API error is `{"errors": [{"field": ..., "message": ...}]}`, with paths like `changes[3].identities.Foo`."""
+"""Every API error is `{"errors": [{"field": ..., "message": ...}]}`, with paths like `changes[3].identities.Foo`.
+
+The exceptions of the domain get their HTTP answers here, for every view: a model's ValidationError (raised by a
+service's full_clean) is a 400, a deleted audience a 404, contention a 503.
+"""
 
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from audiences.services import AudienceDeleted
 from project.transactions import RETRY_AFTER_SECONDS, Contention
 
 Error = tuple[str, str]
@@ -62,6 +68,26 @@ def flatten(detail: Any, path: str = "") -> list[Error]:
     return [(path or "body", str(detail))]
 
 
+def model_errors(exc: DjangoValidationError) -> list[Error]:
+    """A model's ValidationError as (field path, message) pairs; a unique check in the API's own words."""
+    if not hasattr(exc, "error_dict"):
+        return flatten({"body": exc.messages})
+    return flatten(
+        {
+            field: [message for error in errors for message in _api_messages(error)]
+            for field, errors in exc.error_dict.items()
+        }
+    )
+
+
+def _api_messages(error: DjangoValidationError) -> list[str]:
+    if error.code == "unique" and error.params:
+        options = error.params["model_class"]._meta
+        field = options.get_field(error.params["unique_check"][0])
+        return [f"A {options.verbose_name} with this {field.verbose_name} exists."]
+    return error.messages
+
+
 def _echo(text: str) -> str:
     """Text that is safe to render: unpaired surrogates (which UTF-8 cannot encode) escaped, long echoes cut."""
     if len(text) > MAX_ECHO_LENGTH:
@@ -80,11 +106,13 @@ def error_response(errors: list[Error], status_code: int) -> Response:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, InvalidInput):
         return error_response(exc.errors, 400)
+    if isinstance(exc, DjangoValidationError):
+        return error_response(model_errors(exc), 400)
     if isinstance(exc, Contention):  # valid input that met too many concurrent writers: try again shortly
         response = error_response([("", "Too many concurrent changes to the same rows; try again.")], 503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
-    if isinstance(exc, Http404):
+    if isinstance(exc, (Http404, AudienceDeleted)):  # an audience deleted while its batch waited is gone, as after
         exc = exceptions.NotFound()
     response = drf_exception_handler(exc, context)
     if response is None:

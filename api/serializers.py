@@ -3,14 +3,23 @@
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from audiences.identities import IDENTITY_KEYS, MAX_IDENTITY_LENGTH
 from audiences.models import Audience, User
-from integrations.models import ACCESS_KEY_ID_PATTERN, STREAM_NAME_PATTERN, Configuration, Connection, SystemAlert
+from integrations.models import Configuration, Connection, SystemAlert
 from integrations.regions import FIREHOSE_REGIONS
+from integrations.validators import (
+    RATE_LIMIT_MAX,
+    SECRET_ACCESS_KEY_MAX_LENGTH,
+    validate_access_key_id,
+    validate_endpoint_scheme,
+    validate_stream_name,
+)
 
 from .validation import MAX_TIMESTAMP, MAX_USER_ID_LENGTH, text_error
 
@@ -34,6 +43,17 @@ class TextField(serializers.CharField):
         if message:
             raise serializers.ValidationError(message)
         return super().to_internal_value(data)
+
+
+def pattern_field(rule: RegexValidator, **kwargs: Any) -> serializers.RegexField:
+    """A string held to a model field's pattern rule (integrations.validators), with its message, which a value of the
+    wrong type gets too."""
+    return serializers.RegexField(rule.regex, error_messages={"invalid": rule.message}, **kwargs)
+
+
+def max_length(model: type[models.Model], field: str) -> int:
+    """The length of the model's column: the API takes no more than it holds."""
+    return model._meta.get_field(field).max_length
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -99,8 +119,10 @@ class IdentitiesField(serializers.DictField):
 
 class AudienceSerializer(StrictSerializer):
     id = serializers.IntegerField(read_only=True)
-    internal_name = TextField(max_length=255)
-    external_name = TextField(max_length=255, required=False, allow_blank=True, default="")
+    internal_name = TextField(max_length=max_length(Audience, "internal_name"))
+    external_name = TextField(
+        max_length=max_length(Audience, "external_name"), required=False, allow_blank=True, default=""
+    )
     member_count = serializers.IntegerField(read_only=True)
 
     def validate_internal_name(self, value: str) -> str:
@@ -110,8 +132,8 @@ class AudienceSerializer(StrictSerializer):
 
 
 class AudienceUpdateSerializer(AudienceSerializer):
-    internal_name = TextField(max_length=255, required=False)
-    external_name = TextField(max_length=255, required=False, allow_blank=True)
+    internal_name = TextField(max_length=max_length(Audience, "internal_name"), required=False)
+    external_name = TextField(max_length=max_length(Audience, "external_name"), required=False, allow_blank=True)
 
 
 class ChangeSerializer(StrictSerializer):
@@ -163,26 +185,19 @@ class ConfigurationSerializer(StrictSerializer):
     """The secret is write-only: it is accepted, encrypted, and never returned."""
 
     id = serializers.IntegerField(read_only=True)
-    name = TextField(max_length=255)
-    access_key_id = serializers.RegexField(
-        ACCESS_KEY_ID_PATTERN,
-        max_length=128,
-        error_messages={"invalid": "Must be 16-128 upper-case letters and digits."},
-    )
-    secret_access_key = TextField(max_length=256, write_only=True, min_length=1)
+    name = TextField(max_length=max_length(Configuration, "name"))
+    access_key_id = pattern_field(validate_access_key_id, max_length=max_length(Configuration, "access_key_id"))
+    secret_access_key = TextField(max_length=SECRET_ACCESS_KEY_MAX_LENGTH, write_only=True, min_length=1)
     send_remove_on_identity_change = StrictBooleanField(required=False, default=True)
-    endpoint_url = serializers.URLField(required=False, allow_blank=True, default="", max_length=200)
+    endpoint_url = serializers.URLField(
+        required=False, allow_blank=True, default="", max_length=max_length(Configuration, "endpoint_url")
+    )
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
 
     def validate_name(self, value: str) -> str:
         if not value.strip():
             raise serializers.ValidationError("Must not be blank.")
-        queryset = Configuration.objects.filter(name=value)
-        if self.instance is not None:
-            queryset = queryset.exclude(pk=self.instance.pk)
-        if queryset.exists():
-            raise serializers.ValidationError("A configuration with this name exists.")
         return value
 
     def validate_secret_access_key(self, value: str) -> str:
@@ -191,22 +206,23 @@ class ConfigurationSerializer(StrictSerializer):
         return value
 
     def validate_endpoint_url(self, value: str) -> str:
-        if value and not value.lower().startswith(("http://", "https://")):
-            raise serializers.ValidationError("Must be an http or https URL.")
+        # Only the scheme here, with the other fields; the model checks the address when the service saves.
+        validate_endpoint_scheme(value)
         return value
 
 
 class ConfigurationUpdateSerializer(ConfigurationSerializer):
-    name = TextField(max_length=255, required=False)
-    access_key_id = serializers.RegexField(
-        ACCESS_KEY_ID_PATTERN,
-        max_length=128,
-        required=False,
-        error_messages={"invalid": "Must be 16-128 upper-case letters and digits."},
+    name = TextField(max_length=max_length(Configuration, "name"), required=False)
+    access_key_id = pattern_field(
+        validate_access_key_id, max_length=max_length(Configuration, "access_key_id"), required=False
     )
-    secret_access_key = TextField(max_length=256, write_only=True, required=False, min_length=1)
+    secret_access_key = TextField(
+        max_length=SECRET_ACCESS_KEY_MAX_LENGTH, write_only=True, required=False, min_length=1
+    )
     send_remove_on_identity_change = StrictBooleanField(required=False)
-    endpoint_url = serializers.URLField(required=False, allow_blank=True, max_length=200)
+    endpoint_url = serializers.URLField(
+        required=False, allow_blank=True, max_length=max_length(Configuration, "endpoint_url")
+    )
 
 
 # --- connections ------------------------------------------------------------------------------------------------
@@ -222,9 +238,7 @@ class ConnectionSerializer(StrictSerializer):
     id = serializers.IntegerField(read_only=True)
     audience = IdField()
     configuration = IdField()
-    stream_name = serializers.RegexField(
-        STREAM_NAME_PATTERN, max_length=64, error_messages={"invalid": "Must be 1-64 letters, digits, '_', '.' or '-'."}
-    )
+    stream_name = pattern_field(validate_stream_name, max_length=max_length(Connection, "stream_name"))
     region = serializers.ChoiceField(choices=FIREHOSE_REGIONS, required=False, default="us-east-1")
     send_anonymous_users = StrictBooleanField(required=False, default=True)
     forward_email_addresses = StrictBooleanField(required=False, default=True)
@@ -239,10 +253,10 @@ class ConnectionSerializer(StrictSerializer):
     )
     append_newline = StrictBooleanField(required=False, default=True)
     max_records_per_second = serializers.IntegerField(
-        required=False, allow_null=True, default=None, min_value=1, max_value=2_147_483_647
+        required=False, allow_null=True, default=None, min_value=1, max_value=RATE_LIMIT_MAX
     )
     max_bytes_per_second = serializers.IntegerField(
-        required=False, allow_null=True, default=None, min_value=1, max_value=2_147_483_647
+        required=False, allow_null=True, default=None, min_value=1, max_value=RATE_LIMIT_MAX
     )
     status = serializers.CharField(read_only=True)
     backlog = serializers.IntegerField(read_only=True)
@@ -279,12 +293,7 @@ class ConnectionSerializer(StrictSerializer):
 class ConnectionUpdateSerializer(ConnectionSerializer):
     audience = serializers.IntegerField(read_only=True, source="audience_id")
     configuration = IdField(required=False)
-    stream_name = serializers.RegexField(
-        STREAM_NAME_PATTERN,
-        max_length=64,
-        required=False,
-        error_messages={"invalid": "Must be 1-64 letters, digits, '_', '.' or '-'."},
-    )
+    stream_name = pattern_field(validate_stream_name, max_length=max_length(Connection, "stream_name"), required=False)
     region = serializers.ChoiceField(choices=FIREHOSE_REGIONS, required=False)
     send_anonymous_users = StrictBooleanField(required=False)
     forward_email_addresses = StrictBooleanField(required=False)
@@ -296,10 +305,10 @@ class ConnectionUpdateSerializer(ConnectionSerializer):
     )
     append_newline = StrictBooleanField(required=False)
     max_records_per_second = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=2_147_483_647
+        required=False, allow_null=True, min_value=1, max_value=RATE_LIMIT_MAX
     )
     max_bytes_per_second = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=2_147_483_647
+        required=False, allow_null=True, min_value=1, max_value=RATE_LIMIT_MAX
     )
 
 

@@ -14,11 +14,12 @@ from django.conf import settings
 from rest_framework import exceptions, parsers
 
 from audiences.identities import Identities, identity_errors
+from audiences.models import User
 from audiences.services import ChangeIn
 
 from .errors import BodyTooLarge, Error, InvalidInput
 
-MAX_USER_ID_LENGTH = 256
+MAX_USER_ID_LENGTH: int = User._meta.get_field("external_id").max_length
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01: anything later is a unit mistake (milliseconds) rather than a date
 MAX_ERRORS = 100
 CHANGE_KEYS = frozenset({"user_id", "is_member", "identities", "timestamp"})

@@ -1,6 +1,5 @@
 """Thin API views: validate, call one service, answer. Contract section 7."""
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,7 +10,6 @@ from rest_framework.views import APIView
 
 from audiences.selectors import audience_get_live
 from audiences.services import (
-    AudienceDeleted,
     audience_create,
     audience_delete,
     audience_update,
@@ -32,7 +30,7 @@ from integrations.outbox import OUTBOX
 from integrations.selectors import alerts_list, connection_backlog
 
 from . import serializers as s
-from .errors import InvalidInput, flatten
+from .errors import InvalidInput
 from .models import ApiKey
 from .validation import JSONParser, identities_or_raise, parse_changes, user_id_error
 
@@ -43,10 +41,6 @@ def _validated(serializer_class, data, **kwargs) -> dict:
     serializer = serializer_class(data=data, **kwargs)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
-
-
-def _model_errors(exc: DjangoValidationError) -> InvalidInput:
-    return InvalidInput(flatten(exc.message_dict if hasattr(exc, "error_dict") else {"body": exc.messages}))
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
@@ -101,10 +95,7 @@ class AudienceChangesView(IngestView):
     def post(self, request: Request, audience_id: int) -> Response:
         audience = audience_get_live(audience_id)
         changes = parse_changes(request.data)
-        try:
-            result = membership_changes_apply(audience=audience, changes=changes, outbox=OUTBOX)
-        except AudienceDeleted:
-            return Response({"errors": [{"field": "", "message": "Not found."}]}, status=status.HTTP_404_NOT_FOUND)
+        result = membership_changes_apply(audience=audience, changes=changes, outbox=OUTBOX)
         return Response({"accepted": result.accepted, "ignored": result.ignored}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -131,10 +122,7 @@ class UserView(IngestView):
 class ConfigurationListView(ManageView):
     @extend_schema(request=s.ConfigurationSerializer, responses={201: s.ConfigurationSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        try:
-            configuration = configuration_create(**_validated(s.ConfigurationSerializer, request.data))
-        except DjangoValidationError as exc:
-            raise _model_errors(exc) from None
+        configuration = configuration_create(**_validated(s.ConfigurationSerializer, request.data))
         return Response(s.ConfigurationSerializer(configuration).data, status=status.HTTP_201_CREATED)
 
 
@@ -147,10 +135,7 @@ class ConfigurationDetailView(ManageView):
     def patch(self, request: Request, configuration_id: int) -> Response:
         configuration = get_object_or_404(Configuration, pk=configuration_id)
         data = _validated(s.ConfigurationUpdateSerializer, request.data, instance=configuration, partial=True)
-        try:
-            configuration = configuration_update(configuration=configuration, **data)
-        except DjangoValidationError as exc:
-            raise _model_errors(exc) from None
+        configuration = configuration_update(configuration=configuration, **data)
         return Response(s.ConfigurationSerializer(configuration).data)
 
 
@@ -165,10 +150,7 @@ def _connection_data(connection: Connection) -> dict:
 class ConnectionListView(ManageView):
     @extend_schema(request=s.ConnectionSerializer, responses={201: s.ConnectionSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        try:
-            connection = connection_create(**_validated(s.ConnectionSerializer, request.data))
-        except DjangoValidationError as exc:
-            raise _model_errors(exc) from None
+        connection = connection_create(**_validated(s.ConnectionSerializer, request.data))
         return Response(_connection_data(connection), status=status.HTTP_201_CREATED)
 
 
@@ -181,10 +163,7 @@ class ConnectionDetailView(ManageView):
     def patch(self, request: Request, connection_id: int) -> Response:
         connection = get_object_or_404(Connection, pk=connection_id)
         data = dict(_validated(s.ConnectionUpdateSerializer, request.data, partial=True))
-        try:
-            connection = connection_update(connection=connection, **data)
-        except DjangoValidationError as exc:
-            raise _model_errors(exc) from None
+        connection = connection_update(connection=connection, **data)
         return Response(_connection_data(connection))
 
 

@@ -1,5 +1,5 @@
 """Configuration Settings: the credentials and settings that connections share, written through
-integrations.services (a blank secret keeps the stored one)."""
+integrations.configurations (a blank secret keeps the stored one)."""
 
 from __future__ import annotations
 

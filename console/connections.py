@@ -1,6 +1,6 @@
 """Connection Settings: one audience sent to one Firehose delivery stream. Test, Resync, Pause, Resume and Retry
-failed run from the list's actions and from the buttons of a connection's page (integrations.services), for those with
-`integrations.operate_connection`."""
+failed run from the list's actions and from the buttons of a connection's page (integrations.connections), for
+those with `integrations.operate_connection`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The delivery log: one row per record to send, with the attempts that carried it; failed ones are queued again by
-Retry failed (integrations.services)."""
+Retry failed (integrations.connections)."""
 
 from __future__ import annotations
 

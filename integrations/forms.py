@@ -1,4 +1,5 @@
-"""Admin forms for Configuration Settings and Connection Settings."""
+"""Admin forms for Configuration Settings and Connection Settings. The rules of the fields are the model fields'
+validators (integrations/validators.py), which the ModelForms run when they validate the instance."""
 
 from django import forms
 
@@ -7,6 +8,7 @@ from audiences.models import Audience
 
 from .models import Configuration, Connection
 from .regions import REGION_CHOICES
+from .validators import SECRET_ACCESS_KEY_MAX_LENGTH
 
 SECRET_FIELD = "secret_access_key"
 SECRET_REQUIRED = "Required: the Secret Access Key of the Access Key ID above."
@@ -30,7 +32,7 @@ class ConfigurationAdminForm(forms.ModelForm):
 
     secret_access_key = forms.CharField(
         label="Secret Access Key",
-        max_length=256,
+        max_length=SECRET_ACCESS_KEY_MAX_LENGTH,
         required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
     )
@@ -61,13 +63,6 @@ class ConfigurationAdminForm(forms.ModelForm):
         if not secret and self.is_adding:
             raise forms.ValidationError(SECRET_REQUIRED)
         return secret
-
-    def clean_endpoint_url(self) -> str:
-        """The model's URLField also takes ftp:// and ftps://; Firehose is only reached over http or https."""
-        url = self.cleaned_data.get("endpoint_url", "")
-        if url and not url.lower().startswith(("http://", "https://")):
-            raise forms.ValidationError("Must be an http or https URL.")
-        return url
 
 
 class ConnectionAdminForm(forms.ModelForm):

@@ -1,44 +1,22 @@
 from datetime import UTC, datetime
 from functools import cached_property
 
-from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from audiences.identities import IDENTITY_KEY_SET
 from audiences.models import Audience, MembershipChange, User
 
 from . import crypto
-from .endpoints import endpoint_url_error
-from .regions import FIREHOSE_REGIONS, Quota, region_quota
-
-STREAM_NAME_PATTERN = r"^[a-zA-Z0-9_.-]{1,64}$"
-ACCESS_KEY_ID_PATTERN = r"^[A-Z0-9]{16,128}$"
-
-
-def validate_identity_keys(value: object) -> None:
-    from django.core.exceptions import ValidationError
-
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValidationError("Must be a list of identity keys.")
-    unknown = [item for item in value if item not in IDENTITY_KEY_SET]
-    if unknown:
-        raise ValidationError(f"Unknown identity keys: {', '.join(unknown)}.")
-
-
-def validate_region(value: str) -> None:
-    from django.core.exceptions import ValidationError
-
-    if value not in FIREHOSE_REGIONS:
-        raise ValidationError(f"'{value}' is not a Firehose region code (for example us-east-1).")
-
-
-def validate_endpoint_url(value: str) -> None:
-    from django.core.exceptions import ValidationError
-
-    if value and (message := endpoint_url_error(value)):
-        raise ValidationError(message)
+from .regions import Quota, region_quota
+from .validators import (
+    validate_access_key_id,
+    validate_endpoint_url,
+    validate_identity_keys,
+    validate_rate_limit_max,
+    validate_region,
+    validate_stream_name,
+)
 
 
 class Configuration(models.Model):
@@ -48,7 +26,7 @@ class Configuration(models.Model):
     access_key_id = models.CharField(
         "Access Key ID",
         max_length=128,
-        validators=[RegexValidator(ACCESS_KEY_ID_PATTERN, "Must be 16-128 upper-case letters and digits.")],
+        validators=[validate_access_key_id],
     )
     encrypted_secret_access_key = models.TextField(editable=False)
     send_remove_on_identity_change = models.BooleanField(
@@ -107,7 +85,7 @@ class Connection(models.Model):
     stream_name = models.CharField(
         "Delivery Stream Name",
         max_length=64,
-        validators=[RegexValidator(STREAM_NAME_PATTERN, "Must be 1-64 letters, digits, '_', '.' or '-'.")],
+        validators=[validate_stream_name],
     )
     region = models.CharField("Region", max_length=32, default="us-east-1", validators=[validate_region])
     send_anonymous_users = models.BooleanField("Send Anonymous Users", default=True)
@@ -146,12 +124,14 @@ class Connection(models.Model):
         null=True,
         blank=True,
         help_text="Client-side limit; blank means the region's Direct PUT quota (500,000 in us-east-1).",
+        validators=[validate_rate_limit_max],
     )
     max_bytes_per_second = models.PositiveIntegerField(
         "Max Bytes Per Second",
         null=True,
         blank=True,
         help_text="Client-side limit; blank means the region's Direct PUT quota (5 MiB/s in us-east-1).",
+        validators=[validate_rate_limit_max],
     )
     send_rate = models.FloatField(
         default=1.0,

@@ -20,7 +20,7 @@ from integrations.layout import delivery_shard_count, delivery_shards_change
 from integrations.models import Configuration, Connection
 from integrations.services import configuration_create, connection_create
 
-from .emulator import EmulatedStream
+from .support.emulator import EmulatedStream
 
 ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

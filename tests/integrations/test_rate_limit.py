@@ -18,8 +18,8 @@ from integrations.models import Connection, DeliveryAttempt, DrainLease
 from integrations.regions import LARGE_REGION_QUOTA, OTHER_REGION_QUOTA
 from integrations.services import connection_pause, connection_resume, connection_update
 
-from .conftest import apply, customer_ids, drain, join
-from .emulator import ServiceUnavailable, firehose_behaviour, throttle_first
+from ..conftest import apply, customer_ids, drain, join
+from ..support.emulator import ServiceUnavailable, firehose_behaviour, throttle_first
 from .test_delivery import members
 
 
@@ -164,7 +164,7 @@ def test_the_send_rate_never_falls_below_the_floor(make_connection, audience, st
 
 
 def test_entries_failing_for_other_reasons_do_not_hold_the_rate_down(make_connection, audience, stream, monkeypatch):
-    from .emulator import fail_entries
+    from ..support.emulator import fail_entries
 
     connection = make_connection()
     drain(connection)

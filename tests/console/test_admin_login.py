@@ -6,8 +6,8 @@ import pytest
 from django.contrib.auth.models import User as StaffUser
 from django.test import Client
 
-from .admin_pages import url
-from .test_secrets import start
+from ..integrations.test_secrets import start
+from ..support.admin_pages import url
 
 pytestmark = pytest.mark.django_db
 

@@ -36,9 +36,9 @@ from integrations.selectors import alert_ranking, resync_progress
 from integrations.services import connection_create, connection_pause, connection_resume, connection_resync
 from integrations.stats import hour_of
 
-from .admin_pages import messages_of, result_rows, url
-from .conftest import apply, customer_ids, drain, join, members
-from .emulator import fail_entries, firehose_behaviour, throttle_first
+from ..conftest import apply, customer_ids, drain, join, members
+from ..support.admin_pages import messages_of, result_rows, url
+from ..support.emulator import fail_entries, firehose_behaviour, throttle_first
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("role_groups")]
 

@@ -31,8 +31,8 @@ from integrations.stats import (
     latency_quantile,
 )
 
-from .conftest import apply, drain, join, members
-from .emulator import fail_entries, firehose_behaviour, throttle_first
+from ..conftest import apply, drain, join, members
+from ..support.emulator import fail_entries, firehose_behaviour, throttle_first
 
 pytestmark = pytest.mark.django_db
 

@@ -16,8 +16,8 @@ from integrations.delivery import connection_drain
 from integrations.models import Connection, Delivery
 from integrations.services import connection_resume, deliveries_insert_lock
 
-from .conftest import apply, customer_ids, drain, join, leave, members
-from .emulator import EmulatedStream, ServiceUnavailable, firehose_behaviour
+from ..conftest import apply, customer_ids, drain, join, leave, members
+from ..support.emulator import EmulatedStream, ServiceUnavailable, firehose_behaviour
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -27,7 +27,7 @@ from integrations.models import Configuration, Connection, Delivery, DeliveryAtt
 from integrations.retention import connections_purge_deleted
 from integrations.services import configuration_create, connection_create, connection_pause
 
-from .admin_pages import messages_of, result_rows, staff_client, url
+from ..support.admin_pages import messages_of, result_rows, staff_client, url
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from django.db import transaction
 from audiences.services import AudienceDeleted, audience_delete
 from integrations.models import Delivery
 
-from .conftest import apply, join, leave
+from ..conftest import apply, join, leave
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -22,8 +22,8 @@ from integrations.services import (
     connection_test,
 )
 
-from .conftest import apply, customer_ids, drain, join, leave, members
-from .emulator import fail_entries, firehose_behaviour, throttle_first
+from ..conftest import apply, customer_ids, drain, join, leave, members
+from ..support.emulator import fail_entries, firehose_behaviour, throttle_first
 
 
 def test_501_records_make_two_calls(connection, audience, stream):
@@ -219,7 +219,7 @@ def _limited_credentials(actions: list[str]) -> tuple[str, str]:
 
 @set_initial_no_auth_action_count(5)
 def test_it_falls_back_to_put_record_when_put_record_batch_is_denied(aws, audience, db):
-    from .emulator import EmulatedStream
+    from ..support.emulator import EmulatedStream
 
     stream = EmulatedStream().create()
     access_key_id, secret = _limited_credentials(["firehose:DescribeDeliveryStream", "firehose:PutRecord"])
@@ -241,7 +241,7 @@ def test_it_falls_back_to_put_record_when_put_record_batch_is_denied(aws, audien
 
 @set_initial_no_auth_action_count(5)
 def test_credentials_without_put_permission_fault_with_access_denied(aws, audience, db):
-    from .emulator import EmulatedStream
+    from ..support.emulator import EmulatedStream
 
     stream = EmulatedStream().create()
     access_key_id, secret = _limited_credentials(["firehose:DescribeDeliveryStream"])
@@ -368,7 +368,7 @@ def test_a_request_failing_after_the_connection_faulted_keeps_the_reason_it_faul
 def test_an_identity_change_in_one_audience_never_makes_a_change_in_another_stale(make_connection, audience, stream):
     from audiences.services import audience_create
 
-    from .emulator import EmulatedStream
+    from ..support.emulator import EmulatedStream
 
     other = audience_create(internal_name="Other")
     other_stream = EmulatedStream(name="other-stream", bucket="other-records").create()

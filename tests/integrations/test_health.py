@@ -14,7 +14,7 @@ from integrations.health import HEARTBEAT_KEY
 from integrations.tasks import sweep_connections
 from project.logs import JsonFormatter
 
-from .localhost import BASE_DIR, free_port
+from ..support.localhost import BASE_DIR, free_port
 
 pytestmark = pytest.mark.django_db
 

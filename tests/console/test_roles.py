@@ -23,8 +23,8 @@ from integrations.alerts import alert_raise
 from integrations.models import Configuration, Connection, Delivery, SystemAlert
 from integrations.services import connection_pause
 
-from .admin_pages import messages_of, url
-from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join
+from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join
+from ..support.admin_pages import messages_of, url
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("role_groups")]
 

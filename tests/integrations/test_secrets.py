@@ -28,9 +28,9 @@ from rest_framework.test import APIClient
 from integrations.firehose import Credentials
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
 
-from . import processes
-from .conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, drain, join, leave
-from .emulator import EmulatedStream
+from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, drain, join, leave
+from ..support import processes
+from ..support.emulator import EmulatedStream
 
 pytestmark = pytest.mark.django_db
 

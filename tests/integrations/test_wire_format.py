@@ -9,7 +9,7 @@ from audiences.services import audience_delete, audience_update, user_identities
 from integrations.models import Delivery
 from integrations.services import configuration_update
 
-from .conftest import apply, drain, join, leave
+from ..conftest import apply, drain, join, leave
 
 SEED_IDENTITIES = {
     "CustomerId": "p.fogg138",

@@ -1,7 +1,7 @@
 """A Firehose-compatible endpoint for fault and load tests: it keeps every record in arrival order, counts records
 and bytes, and misbehaves on request.
 
-    python -m tests.firehose_emulator --port 4573 --control-port 4574
+    python -m tests.support.firehose_emulator --port 4573 --control-port 4574
 
 The data port speaks Firehose's JSON 1.1 protocol (PutRecordBatch, PutRecord, DescribeDeliveryStream); any stream
 name exists. The control port takes JSON:

@@ -1,29 +1,22 @@
-"""The management commands an operator runs: rotate_encryption_keys, create_api_key and demo_records."""
+"""The management commands of integrations that an operator runs: rotate_encryption_keys and demo_records."""
 
-import hashlib
-import io
 import json
 import time
 
 import boto3
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.test import override_settings
 
-from api.models import ApiKey
 from integrations.models import Configuration
 from integrations.services import configuration_create
+
+from ..support.commands import run
 
 OLD_KEY = Fernet.generate_key().decode()
 NEW_KEY = Fernet.generate_key().decode()
 UNKNOWN_KEY = Fernet.generate_key().decode()
-
-
-def run(*args, **options) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out, **options)
-    return out.getvalue()
 
 
 def make_configuration(name: str, secret: str) -> Configuration:
@@ -100,52 +93,6 @@ def test_rotation_never_prints_a_secret():
     with override_settings(FIELD_ENCRYPTION_KEYS=[NEW_KEY, OLD_KEY]):
         output = run("rotate_encryption_keys")
     assert "do-not-print-me" not in output
-
-
-# --- create_api_key ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_create_api_key_prints_a_key_once_and_stores_only_its_hash():
-    key = run("create_api_key", "ci pipeline", scopes="ingest,manage").strip()
-
-    api_key = ApiKey.objects.get()
-    assert api_key.name == "ci pipeline"
-    assert sorted(api_key.scopes) == ["ingest", "manage"]
-    assert api_key.key_hash == hashlib.sha256(key.encode()).hexdigest()
-    stored = json.dumps(list(ApiKey.objects.values().get().values()), default=str)
-    assert key not in stored
-
-
-@pytest.mark.django_db
-def test_the_printed_key_opens_the_api(client):
-    key = run("create_api_key", "ops", scopes="manage").strip()
-
-    response = client.get("/api/v1/alerts", HTTP_AUTHORIZATION=f"Bearer {key}")
-
-    assert response.status_code == 200
-    assert response.json() == []
-
-
-@pytest.mark.django_db
-def test_create_api_key_defaults_to_the_ingest_scope():
-    run("create_api_key", "feeder")
-    assert ApiKey.objects.get().scopes == ["ingest"]
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("scopes", ["admin", "ingest,everything", ",", ""])
-def test_create_api_key_refuses_unknown_scopes_and_stores_nothing(scopes):
-    with pytest.raises(CommandError, match="Unknown scopes"):
-        run("create_api_key", "bad", scopes=scopes)
-    assert not ApiKey.objects.exists()
-
-
-@pytest.mark.django_db
-def test_create_api_key_refuses_a_blank_name():
-    with pytest.raises(CommandError, match="blank"):
-        run("create_api_key", "  ", scopes="ingest")
-    assert not ApiKey.objects.exists()
 
 
 # --- demo_records -----------------------------------------------------------------------------------------------

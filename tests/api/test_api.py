@@ -14,7 +14,8 @@ from audiences.models import Audience, Membership, MembershipChange, User
 from integrations.alerts import alert_raise, alerts_resolve_on_delivery
 from integrations.models import Configuration, Connection, Delivery, SystemAlert
 
-from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, drain
+from ..factories import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+from ..support.drains import drain
 
 pytestmark = pytest.mark.django_db
 

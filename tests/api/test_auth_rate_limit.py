@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from api import authentication
 from audiences.models import User
 
-from ..support.processes import free_port
+from ..support.localhost import free_port
 
 pytestmark = pytest.mark.django_db
 

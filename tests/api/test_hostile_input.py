@@ -25,7 +25,7 @@ from integrations.forms import ConfigurationAdminForm, ConnectionAdminForm
 from integrations.models import Configuration, Connection, Delivery
 from project.wsgi import application
 
-from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+from ..factories import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
 MB = 1024 * 1024
 ACCEPTED_OR_REFUSED = {202, 400, 413, 415}

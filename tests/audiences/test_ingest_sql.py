@@ -11,7 +11,7 @@ from audiences.models import Audience, Membership, MembershipChange, User
 from audiences.services import audience_create, user_identities_update
 from integrations.models import Delivery
 
-from ..conftest import apply, join, leave
+from ..factories import apply, join, leave
 
 JOINED, LEFT, IDENTITIES_CHANGED = (
     MembershipChange.Kind.JOINED,

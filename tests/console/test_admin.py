@@ -8,14 +8,12 @@ import re
 
 import boto3
 import pytest
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
 from django.db import connection as db_connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from rest_framework.test import APIClient
 
@@ -27,18 +25,13 @@ from integrations.models import Configuration, Connection, Delivery, DeliveryAtt
 from integrations.retention import connections_purge_deleted
 from integrations.services import configuration_create, connection_create, connection_pause
 
-from ..support.admin_pages import messages_of, result_rows, staff_client, url
+from ..support.admin_pages import messages_of, result_rows, run_action, staff_client, url
 
 pytestmark = pytest.mark.django_db
 
 ACCESS_KEY_ID = "AKIAADMINTEST0000001"
 SECRET = "s3cr3t/Admin+Key+NeverShown0123456789abcd"
 OTHER_SECRET = "an0ther/Secret+Key+AlsoNeverShown987654321"
-
-
-def run_action(client, changelist: str, action: str, objects, **extra: str):
-    data = {"action": action, ACTION_CHECKBOX_NAME: [str(obj.pk) for obj in objects], **extra}
-    return client.post(url(changelist), data)
 
 
 def configuration_form(**overrides: str) -> dict[str, str]:
@@ -79,33 +72,19 @@ def add_members(audience: Audience, *user_ids: str) -> None:
 
 
 @pytest.fixture
-def aws_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    """boto3 must talk to moto, not to an endpoint or profile set in the environment."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_FIREHOSE", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
 def travel() -> Configuration:
     return configuration_create(name="Travel", access_key_id=ACCESS_KEY_ID, secret_access_key=SECRET)
 
 
 @pytest.fixture
-def low_engagement() -> Audience:
-    return audience_create(internal_name="low_engagement", external_name="LowEngagement")
-
-
-@pytest.fixture
-def paused_connection(low_engagement: Audience, travel: Configuration) -> Connection:
+def paused_connection(audience: Audience, travel: Configuration) -> Connection:
     """A connection created paused: no initial sync runs, so the tests can see what an action starts."""
-    return connection_create(
-        audience=low_engagement, configuration=travel, stream_name="audience-stream", status="paused"
-    )
+    return connection_create(audience=audience, configuration=travel, stream_name="audience-stream", status="paused")
 
 
 @pytest.fixture
-def active_connection(low_engagement: Audience, travel: Configuration) -> Connection:
-    return connection_create(audience=low_engagement, configuration=travel, stream_name="audience-stream")
+def active_connection(audience: Audience, travel: Configuration) -> Connection:
+    return connection_create(audience=audience, configuration=travel, stream_name="audience-stream")
 
 
 @pytest.fixture
@@ -234,13 +213,13 @@ def test_the_secret_is_marked_sensitive_in_error_reports(admin_client, travel):
 # --- Connection Settings --------------------------------------------------------------------------------------------
 
 
-def test_creating_a_connection_in_the_admin_starts_the_initial_sync(admin_client, low_engagement, travel):
-    add_members(low_engagement, "p.fogg138", "passepartout")
+def test_creating_a_connection_in_the_admin_starts_the_initial_sync(admin_client, audience, travel):
+    add_members(audience, "p.fogg138", "passepartout")
 
     response = admin_client.post(
         url("integrations_connection_add"),
         {
-            "audience": low_engagement.pk,
+            "audience": audience.pk,
             "configuration": travel.pk,
             "stream_name": "audience-stream",
             "region": "eu-west-1",
@@ -263,7 +242,7 @@ def test_creating_a_connection_in_the_admin_starts_the_initial_sync(admin_client
     assert connection.forward_google_advertising_ids is False
 
 
-def test_the_add_form_offers_regions_and_identities_as_choices(admin_client, low_engagement, travel):
+def test_the_add_form_offers_regions_and_identities_as_choices(admin_client, audience, travel):
     page = admin_client.get(url("integrations_connection_add")).text
 
     assert '<select name="region"' in page
@@ -271,13 +250,13 @@ def test_the_add_form_offers_regions_and_identities_as_choices(admin_client, low
     assert 'type="checkbox" name="identities_to_exclude" value="AppleVendorIdentifier"' in page
 
 
-def test_the_add_form_does_not_offer_deleted_audiences(admin_client, low_engagement, travel):
+def test_the_add_form_does_not_offer_deleted_audiences(admin_client, audience, travel):
     gone = audience_create(internal_name="gone")
     admin_client.post(url("audiences_audience_delete", gone.pk), {"post": "yes"})
 
     page = admin_client.get(url("integrations_connection_add")).text
 
-    assert f'value="{low_engagement.pk}"' in page
+    assert f'value="{audience.pk}"' in page
     assert f'value="{gone.pk}"' not in page
 
 
@@ -388,8 +367,7 @@ def test_pause_and_resume_actions_change_the_status(admin_client, active_connect
     assert messages_of(response) == ["Resumed 2 connections: the backlog is sent in order."]
 
 
-@mock_aws
-def test_the_test_connection_action_reports_the_stream_arn(admin_client, active_connection, aws_defaults):
+def test_the_test_connection_action_reports_the_stream_arn(admin_client, active_connection, aws):
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="audience-records")
     arn = boto3.client("firehose", region_name="us-east-1").create_delivery_stream(
         DeliveryStreamName="audience-stream",
@@ -409,10 +387,7 @@ def test_the_test_connection_action_reports_the_stream_arn(admin_client, active_
     assert f"arn:aws:firehose:us-east-1:{DEFAULT_ACCOUNT_ID}:deliverystream/audience-stream" in page
 
 
-@mock_aws
-def test_the_test_connection_action_explains_a_missing_stream_in_plain_words(
-    admin_client, active_connection, aws_defaults
-):
+def test_the_test_connection_action_explains_a_missing_stream_in_plain_words(admin_client, active_connection, aws):
     response = run_action(admin_client, "integrations_connection_changelist", "test_connection", [active_connection])
 
     [message] = messages_of(response)
@@ -447,7 +422,7 @@ def test_deleting_a_connection_summarises_what_goes_with_it(admin_client, active
 
 
 def test_the_connection_form_explains_how_the_forward_toggles_and_the_exclusions_combine(
-    admin_client, low_engagement, travel
+    admin_client, audience, travel
 ):
     page = admin_client.get(url("integrations_connection_add")).text
 
@@ -514,10 +489,7 @@ def test_pause_and_resume_need_a_post(operator, active_connection):
     assert active_connection.status == Connection.Status.ACTIVE
 
 
-@mock_aws
-def test_test_connection_on_the_change_page_reports_the_stream_and_keeps_its_arn(
-    operator, active_connection, aws_defaults
-):
+def test_test_connection_on_the_change_page_reports_the_stream_and_keeps_its_arn(operator, active_connection, aws):
     arn = create_stream("audience-stream")
 
     response = operator.post(url("integrations_connection_test", active_connection.pk))
@@ -677,14 +649,14 @@ def test_deleting_an_audience_in_the_admin_soft_deletes_it(admin_client, active_
     assert Delivery.objects.filter(connection=active_connection, kind=Delivery.Kind.AUDIENCE_DELETED).count() == 1
 
 
-def test_the_delete_selected_action_soft_deletes_too(admin_client, low_engagement):
+def test_the_delete_selected_action_soft_deletes_too(admin_client, audience):
     other = audience_create(internal_name="other")
 
-    confirmation = run_action(admin_client, "audiences_audience_changelist", "delete_selected", [low_engagement, other])
+    confirmation = run_action(admin_client, "audiences_audience_changelist", "delete_selected", [audience, other])
     assert confirmation.status_code == 200
     assert Audience.objects.live().count() == 2
 
-    run_action(admin_client, "audiences_audience_changelist", "delete_selected", [low_engagement, other], post="yes")
+    run_action(admin_client, "audiences_audience_changelist", "delete_selected", [audience, other], post="yes")
 
     assert Audience.objects.count() == 2
     assert Audience.objects.live().count() == 0
@@ -716,8 +688,8 @@ def test_the_audience_page_lists_its_connections(admin_client, active_connection
     assert "audience-stream" in page
 
 
-def test_users_are_found_by_user_id_and_cannot_be_edited(admin_client, low_engagement):
-    add_members(low_engagement, "p.fogg138", "passepartout")
+def test_users_are_found_by_user_id_and_cannot_be_edited(admin_client, audience):
+    add_members(audience, "p.fogg138", "passepartout")
     user = User.objects.get(external_id="p.fogg138")
 
     page = admin_client.get(url("audiences_user_changelist") + "?q=p.fogg").text
@@ -728,8 +700,8 @@ def test_users_are_found_by_user_id_and_cannot_be_edited(admin_client, low_engag
     assert "LowEngagement" in admin_client.get(url("audiences_user_change", user.pk)).text
 
 
-def test_a_user_without_identities_reads_as_anonymous(admin_client, low_engagement):
-    membership_changes_apply(audience=low_engagement, changes=[ChangeIn(user_id="anonymous-42", is_member=True)])
+def test_a_user_without_identities_reads_as_anonymous(admin_client, audience):
+    membership_changes_apply(audience=audience, changes=[ChangeIn(user_id="anonymous-42", is_member=True)])
     user = User.objects.get()
 
     assert "none (anonymous)" in result_rows(admin_client.get(url("audiences_user_changelist")).text)

@@ -15,7 +15,7 @@ from audiences.selectors import CHANGES_PER_PAGE, MEMBER_SEARCH_CANDIDATES, MEMB
 from audiences.services import audience_create, audience_delete, user_identities_update
 from integrations.services import configuration_create, connection_create
 
-from ..conftest import apply, join, leave
+from ..factories import apply, join, leave
 from ..support.admin_pages import result_rows, staff_client, url
 
 pytestmark = pytest.mark.django_db

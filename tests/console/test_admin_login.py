@@ -6,8 +6,8 @@ import pytest
 from django.contrib.auth.models import User as StaffUser
 from django.test import Client
 
-from ..integrations.test_secrets import start
 from ..support.admin_pages import url
+from ..support.processes import start
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.models import User as StaffUser
 from django.db import connection as db_connection
@@ -36,9 +35,10 @@ from integrations.selectors import alert_ranking, resync_progress
 from integrations.services import connection_create, connection_pause, connection_resume, connection_resync
 from integrations.stats import hour_of
 
-from ..conftest import apply, customer_ids, drain, join, members
-from ..support.admin_pages import messages_of, result_rows, url
-from ..support.emulator import fail_entries, firehose_behaviour, throttle_first
+from ..factories import apply, join, members
+from ..support.admin_pages import messages_of, result_rows, run_action, url
+from ..support.drains import drain
+from ..support.emulator import customer_ids, fail_entries, firehose_behaviour, throttle_first
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("role_groups")]
 
@@ -72,11 +72,6 @@ def offered_actions(page: str) -> list[str]:
     return re.findall(r'<option value="([^"]+)"', select)
 
 
-def run_action(client: Client, changelist: str, action: str, objects, **extra: str):
-    data = {"action": action, ACTION_CHECKBOX_NAME: [str(obj.pk) for obj in objects], **extra}
-    return client.post(url(changelist), data)
-
-
 def member_of(group: str, username: str | None = None) -> Client:
     user = StaffUser.objects.create_user(username=username or group.lower(), password=PASSWORD, is_staff=True)
     user.groups.add(Group.objects.get(name=group))
@@ -108,11 +103,6 @@ def offline(audience, configuration):
         )
 
     return make
-
-
-@pytest.fixture
-def quiet_connection(offline) -> Connection:
-    return offline()
 
 
 def alert_badge(page: str) -> str | None:

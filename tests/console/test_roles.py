@@ -23,8 +23,8 @@ from integrations.alerts import alert_raise
 from integrations.models import Configuration, Connection, Delivery, SystemAlert
 from integrations.services import connection_pause
 
-from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join
-from ..support.admin_pages import messages_of, url
+from ..factories import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join
+from ..support.admin_pages import messages_of, run_action, url
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("role_groups")]
 
@@ -41,11 +41,6 @@ VIEW = {
     "integrations.view_systemalert",
 }
 OPERATE = {"integrations.operate_connection", "integrations.acknowledge_systemalert"}
-
-
-def run_action(client: Client, changelist: str, action: str, objects, **extra: str):
-    data = {"action": action, ACTION_CHECKBOX_NAME: [str(obj.pk) for obj in objects], **extra}
-    return client.post(url(changelist), data)
 
 
 def group_permissions(name: str) -> set[str]:

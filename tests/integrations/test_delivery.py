@@ -22,8 +22,9 @@ from integrations.services import (
     connection_test,
 )
 
-from ..conftest import apply, customer_ids, drain, join, leave, members
-from ..support.emulator import fail_entries, firehose_behaviour, throttle_first
+from ..factories import apply, join, leave, members
+from ..support.drains import drain
+from ..support.emulator import customer_ids, fail_entries, firehose_behaviour, throttle_first
 
 
 def test_501_records_make_two_calls(connection, audience, stream):

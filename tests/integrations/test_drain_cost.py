@@ -11,7 +11,7 @@ from integrations.layout import delivery_shard_count
 from integrations.models import Delivery
 from integrations.services import connection_pause, connection_resume
 
-from ..conftest import drain
+from ..support.drains import drain
 
 
 def queue(audience, count: int, offset: int) -> None:

@@ -19,8 +19,9 @@ from integrations.endpoints import endpoint_url_error
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, DeliveryFailure, SystemAlert
 from integrations.services import connection_create, connection_test
 
-from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, drain, join
+from ..factories import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join
 from ..support import firehose_emulator
+from ..support.drains import drain
 from ..support.localhost import free_port
 
 SECRET_PAGE = b"<html><body>internal admin: db_password=hunter2</body></html>"

@@ -10,7 +10,7 @@ from integrations.delivery import connections_sweep
 from integrations.services import connection_kick, kick_taken
 from integrations.tasks import sweep_connections
 
-from ..conftest import members
+from ..factories import members
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from integrations.models import (
     DeliveryStats,
     SystemAlert,
 )
-from integrations.services import connection_create, connection_pause
+from integrations.services import connection_pause
 from integrations.stats import (
     LATENCY_FIELDS,
     connection_last_24_hours,
@@ -31,16 +31,11 @@ from integrations.stats import (
     latency_quantile,
 )
 
-from ..conftest import apply, drain, join, members
+from ..factories import apply, join, members
+from ..support.drains import drain
 from ..support.emulator import fail_entries, firehose_behaviour, throttle_first
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def quiet_connection(audience, configuration) -> Connection:
-    """A connection for the tests that send nothing: no AWS needed."""
-    return connection_create(audience=audience, configuration=configuration, stream_name="audience-stream")
 
 
 def all_time(connection: Connection) -> DeliveryStats:

@@ -3,11 +3,9 @@ connection created during a batch, batches holding the same new users, an audien
 page, a Resume during a failing request, and a lock held too long by someone else (503)."""
 
 import threading
-from collections.abc import Callable
 
 import pytest
 from django.db import connection as db_connection
-from django.db import transaction
 from rest_framework.test import APIClient
 
 from audiences.models import Audience, Membership, User
@@ -16,49 +14,12 @@ from integrations.delivery import connection_drain
 from integrations.models import Connection, Delivery
 from integrations.services import connection_resume, deliveries_insert_lock
 
-from ..conftest import apply, customer_ids, drain, join, leave, members
-from ..support.emulator import EmulatedStream, ServiceUnavailable, firehose_behaviour
+from ..factories import apply, join, leave, members
+from ..support.drains import drain
+from ..support.emulator import EmulatedStream, ServiceUnavailable, customer_ids, firehose_behaviour
+from ..support.threads import in_open_transaction, in_thread
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def postgresql_only():
-    if db_connection.vendor != "postgresql":
-        pytest.skip("row locks: SQLite runs one writing transaction at a time")
-
-
-def in_open_transaction(work: Callable[[], object]) -> tuple[threading.Thread, threading.Event]:
-    """Run `work` in a thread's transaction, and keep that transaction open until the returned event is set."""
-    done, release = threading.Event(), threading.Event()
-
-    def run() -> None:
-        with transaction.atomic():
-            work()
-            done.set()
-            release.wait(20)
-        db_connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    assert done.wait(10)
-    return thread, release
-
-
-def in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as error:  # noqa: BLE001 - handed to the test
-            errors.append(error)
-        finally:
-            db_connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, errors
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("postgresql_only")]
 
 
 def sessions_waiting_for_a_lock() -> int:

@@ -18,9 +18,9 @@ from integrations.models import Connection, DeliveryAttempt, DrainLease
 from integrations.regions import LARGE_REGION_QUOTA, OTHER_REGION_QUOTA
 from integrations.services import connection_pause, connection_resume, connection_update
 
-from ..conftest import apply, customer_ids, drain, join
-from ..support.emulator import ServiceUnavailable, firehose_behaviour, throttle_first
-from .test_delivery import members
+from ..factories import apply, join, members
+from ..support.drains import drain
+from ..support.emulator import ServiceUnavailable, customer_ids, firehose_behaviour, throttle_first
 
 
 def test_the_limits_default_to_the_regions_quota(make_connection):

@@ -17,7 +17,7 @@ from integrations.models import Connection, Delivery, DeliveryAttempt
 from integrations.retention import deliveries_purge
 from integrations.services import connection_create
 
-from ..conftest import apply, join
+from ..factories import apply, join
 
 pytestmark = pytest.mark.django_db
 

@@ -11,16 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from cryptography.fernet import Fernet
-from django.conf import settings
 from django.db import connection as db
 from moto.firehose.responses import FirehoseResponse
 from rest_framework.test import APIClient
@@ -28,14 +22,15 @@ from rest_framework.test import APIClient
 from integrations.firehose import Credentials
 from integrations.models import Configuration, Connection, Delivery, DeliveryAttempt, SystemAlert
 
-from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, drain, join, leave
+from ..factories import ACCESS_KEY_ID, SECRET_ACCESS_KEY, apply, join, leave
 from ..support import processes
+from ..support.drains import drain
 from ..support.emulator import EmulatedStream
+from ..support.processes import VALID_KEY, start
 
 pytestmark = pytest.mark.django_db
 
 NEW_SECRET = "Zx9+NEWsecretAFTERpatch/Qq7TtYyUuIiOoPpAaSsDd"
-BASE_DIR = Path(settings.BASE_DIR)
 
 
 def forms(secret: str) -> list[bytes]:
@@ -316,24 +311,6 @@ def test_botocore_at_debug_logs_the_signed_request_but_never_the_secret(connecti
 
 
 # --- start-up and logging configuration -------------------------------------------------------------------------
-
-VALID_KEY = Fernet.generate_key().decode()
-
-
-def start(code: str = "import django; django.setup()", **variables: str) -> subprocess.CompletedProcess:
-    """Start Django with project.settings in a fresh interpreter, with only the given environment. The variables
-    are always set (maybe to ""), so that a developer's .env, read without overwriting, cannot fill them in."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "DJANGO_SETTINGS_MODULE": "project.settings",
-        "DEBUG": "false",
-        "SECRET_KEY": "a-long-random-production-secret-key-for-this-test",
-        "FIELD_ENCRYPTION_KEYS": VALID_KEY,
-        **variables,
-    }
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def test_it_starts_with_a_secret_key_and_encryption_keys():

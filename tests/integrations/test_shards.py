@@ -14,7 +14,8 @@ from integrations.layout import ReshardTimeout, delivery_layout, delivery_shard_
 from integrations.models import Delivery, DeliveryLayout, DrainLease
 from integrations.services import connection_pause, connection_resume, connection_resync
 
-from ..conftest import apply, drain, join, leave
+from ..factories import apply, join, leave
+from ..support.drains import drain
 
 SHARDS = 4
 

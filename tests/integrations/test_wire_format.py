@@ -9,7 +9,8 @@ from audiences.services import audience_delete, audience_update, user_identities
 from integrations.models import Delivery
 from integrations.services import configuration_update
 
-from ..conftest import apply, drain, join, leave
+from ..factories import apply, join, leave
+from ..support.drains import drain
 
 SEED_IDENTITIES = {
     "CustomerId": "p.fogg138",

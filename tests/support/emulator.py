@@ -43,6 +43,10 @@ def decode_records(data: bytes) -> list[dict]:
     return records
 
 
+def customer_ids(records: list[dict]) -> list[str]:
+    return [record["UserIdentities"]["CustomerId"] for record in records]
+
+
 @dataclass
 class EmulatedStream:
     name: str = "audience-stream"

@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: moto_server as Firehose and S3, Celery worker and beat on the test database."""
+"""Real processes for end-to-end tests: moto_server as Firehose and S3, Celery worker and beat on the test database;
+and Django started in a fresh interpreter, for the tests of the settings."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
+from cryptography.fernet import Fernet
 from django.conf import settings
 from django.db import connection
 
 from .localhost import BASE_DIR, BIN, free_port, port_open, wait_for
+
+VALID_KEY = Fernet.generate_key().decode()
 
 
 def tests_database_url() -> str:
@@ -118,3 +123,19 @@ def bucket_objects(endpoint: str, bucket: str) -> list[bytes]:
 
 def available() -> bool:
     return shutil.which(str(BIN / "moto_server")) is not None and shutil.which(str(BIN / "celery")) is not None
+
+
+def start(code: str = "import django; django.setup()", **variables: str) -> subprocess.CompletedProcess:
+    """Start Django with project.settings in a fresh interpreter, with only the given environment. The variables
+    are always set (maybe to ""), so that a developer's .env, read without overwriting, cannot fill them in."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DEBUG": "false",
+        "SECRET_KEY": "a-long-random-production-secret-key-for-this-test",
+        "FIELD_ENCRYPTION_KEYS": VALID_KEY,
+        **variables,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
+    )

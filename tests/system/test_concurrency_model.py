@@ -37,7 +37,7 @@ from integrations.delivery import connection_drain
 from integrations.models import Connection, Delivery
 from integrations.services import configuration_create, connection_resume
 
-from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+from ..factories import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from ..support import firehose_emulator
 from ..support.concurrency_model import Change, History
 from ..support.localhost import free_port

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 from api.services import api_key_create
 from integrations.models import Connection, SystemAlert
 
-from ..conftest import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+from ..factories import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from ..support.emulator import decode_records
 from ..support.processes import bucket_objects, celery_beat, celery_worker, firehose_stream, moto_server, wait_for
 

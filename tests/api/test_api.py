@@ -396,11 +396,15 @@ def test_connection_validation(api, audience, configuration, overrides, field):
 
 
 def test_alerts_are_listed_and_filtered(api, connection):
-    alert_raise(connection=connection, type="Stream Not Found", message="The delivery stream does not exist.")
-    alert_raise(connection=connection, type="Stream Not Found", message="The delivery stream does not exist.")
+    alert_raise(
+        connection=connection, type=SystemAlert.Type.STREAM_NOT_FOUND, message="The delivery stream does not exist."
+    )
+    alert_raise(
+        connection=connection, type=SystemAlert.Type.STREAM_NOT_FOUND, message="The delivery stream does not exist."
+    )
     SystemAlert.objects.create(
         connection=connection,
-        type="Access Denied",
+        type=SystemAlert.Type.ACCESS_DENIED,
         first_seen=timezone.now(),
         last_seen=timezone.now(),
         acknowledged=True,

@@ -191,7 +191,7 @@ def test_a_partial_failure_raises_an_alert_with_a_masked_sample_that_the_next_cl
     with firehose_behaviour(monkeypatch, batch=fail_entries([{1}, {0}], calls)):
         connection_drain(connection.pk, 0)
     alert = SystemAlert.objects.get(connection=connection)
-    assert alert.type == "500 - Internal Server Error" and alert.is_open and alert.count == 2
+    assert alert.type == SystemAlert.Type.INTERNAL_SERVER_ERROR and alert.is_open and alert.count == 2
 
     sample = json.loads(alert.sample_record)
     assert set(sample["UserIdentities"]) == {"CustomerId", "Email"}
@@ -226,7 +226,7 @@ def test_a_partial_failure_resent_at_once_resolves_its_alert_in_the_same_drain(
         drain(connection)
 
     alert = SystemAlert.objects.get(connection=connection)
-    assert alert.type == "500 - Internal Server Error"
+    assert alert.type == SystemAlert.Type.INTERNAL_SERVER_ERROR
     assert alert.resolved_at is not None and not alert.is_open
 
 
@@ -239,7 +239,7 @@ def test_an_alert_raised_after_the_first_clean_batch_of_a_drain_resolves_once_th
     with firehose_behaviour(monkeypatch, batch=fail_entries([set(), {0}], calls)):
         drain(connection)
     assert [len(call) for call in calls] == [500, 2, 1]
-    assert SystemAlert.objects.get(connection=connection).type == "500 - Internal Server Error"
+    assert SystemAlert.objects.get(connection=connection).type == SystemAlert.Type.INTERNAL_SERVER_ERROR
 
     apply(audience, join("later", CustomerId="later"))
     drain(connection)  # and the connection keeps delivering
@@ -296,7 +296,10 @@ def test_delivering_again_resolves_only_the_alerts_about_reaching_the_stream(qui
 
     assert resolved == len(RESOLVED_BY_DELIVERY) == 7
     still_open = SystemAlert.objects.filter(connection=connection, resolved_at__isnull=True)
-    assert set(still_open.values_list("type", flat=True)) == {"Record Too Large", "Batch Not Permitted"}
+    assert set(still_open.values_list("type", flat=True)) == {
+        SystemAlert.Type.RECORD_TOO_LARGE,
+        SystemAlert.Type.BATCH_NOT_PERMITTED,
+    }
 
 
 def test_a_new_occurrence_reopens_a_resolved_or_acknowledged_alert(quiet_connection):

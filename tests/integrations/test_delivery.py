@@ -69,7 +69,7 @@ def test_a_partial_failure_resends_only_the_failed_entries(connection, audience,
     connection.refresh_from_db()
     assert connection.status == "active" and connection.delivered_count == 10
     alert = SystemAlert.objects.get(connection=connection)
-    assert alert.type == "500 - Internal Server Error" and "InternalFailure" in alert.last_message
+    assert alert.type == SystemAlert.Type.INTERNAL_SERVER_ERROR and "InternalFailure" in alert.last_message
 
 
 def test_throttling_is_retried_with_growing_delays_then_delivered(connection, audience, stream, monkeypatch):
@@ -89,7 +89,7 @@ def test_throttling_is_retried_with_growing_delays_then_delivered(connection, au
     assert customer_ids(stream.records()) == ["user-0", "user-1", "user-2"]
     connection.refresh_from_db()
     assert connection.consecutive_failures == 0 and connection.status == "active"
-    assert SystemAlert.objects.get(connection=connection, type="500 - Internal Server Error").count == 3
+    assert SystemAlert.objects.get(connection=connection, type=SystemAlert.Type.INTERNAL_SERVER_ERROR).count == 3
 
 
 def test_backoff_doubles_up_to_the_cap():
@@ -111,7 +111,7 @@ def test_retry_limit_exceeded_faults_the_connection_and_keeps_the_backlog(connec
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
     assert Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING).count() == 3
-    alert = SystemAlert.objects.get(connection=connection, type="Retry Limit Exceeded")
+    alert = SystemAlert.objects.get(connection=connection, type=SystemAlert.Type.RETRY_LIMIT_EXCEEDED)
     assert alert.is_open and alert.count == 1 and "Resume" in alert.last_message
     assert stream.records() == []
 
@@ -205,7 +205,7 @@ def test_a_missing_stream_faults_the_connection_with_stream_not_found(make_conne
     drain(connection)
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
-    assert SystemAlert.objects.get(connection=connection).type == "Stream Not Found"
+    assert SystemAlert.objects.get(connection=connection).type == SystemAlert.Type.STREAM_NOT_FOUND
     assert Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING).count() == 1
 
 
@@ -234,7 +234,7 @@ def test_it_falls_back_to_put_record_when_put_record_batch_is_denied(aws, audien
     connection.refresh_from_db()
     assert connection.status == "active" and connection.batch_permitted is False
     alert = SystemAlert.objects.get(connection=connection)
-    assert alert.type == "Batch Not Permitted" and "firehose:PutRecordBatch" in alert.last_message
+    assert alert.type == SystemAlert.Type.BATCH_NOT_PERMITTED and "firehose:PutRecordBatch" in alert.last_message
     assert secret not in alert.last_message
     operations = list(DeliveryAttempt.objects.filter(connection=connection).values_list("operation", "outcome"))
     assert operations == [("PutRecordBatch", "permanent")] + [("PutRecord", "delivered")] * 3
@@ -253,7 +253,9 @@ def test_credentials_without_put_permission_fault_with_access_denied(aws, audien
 
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
-    assert list(SystemAlert.objects.filter(connection=connection).values_list("type", flat=True)) == ["Access Denied"]
+    assert list(SystemAlert.objects.filter(connection=connection).values_list("type", flat=True)) == [
+        SystemAlert.Type.ACCESS_DENIED
+    ]
     assert Delivery.objects.filter(connection=connection, status=Delivery.Status.PENDING).count() == 2
     assert stream.objects() == []
 
@@ -319,7 +321,7 @@ def test_a_record_over_1000_kib_is_failed_with_an_alert_and_the_rest_goes_on(con
     failed = Delivery.objects.get(connection=connection, status=Delivery.Status.FAILED)
     assert failed.user.external_id == "user-0"
     alert = SystemAlert.objects.get(connection=connection)
-    assert alert.type == "Record Too Large" and connection.status == "active"
+    assert alert.type == SystemAlert.Type.RECORD_TOO_LARGE and connection.status == "active"
     connection.refresh_from_db()
     assert connection.failed_count == 1
 

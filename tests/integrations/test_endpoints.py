@@ -134,7 +134,7 @@ def test_a_host_that_resolves_to_the_metadata_service_is_refused_when_sending(
     assert tested["ok"] is False and "resolves to 169.254.169.254" in tested["error"]
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
-    alert = SystemAlert.objects.get(connection=connection, type="Endpoint Not Usable")
+    alert = SystemAlert.objects.get(connection=connection, type=SystemAlert.Type.ENDPOINT_NOT_USABLE)
     assert (
         "resolves to 169.254.169.254" in alert.last_message and "Correct it in the configuration" in alert.last_message
     )
@@ -199,7 +199,7 @@ def test_an_endpoint_botocore_cannot_use_faults_the_connection_with_an_alert(aud
     assert "xn--" in tested.json()["error"]
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
-    alert = SystemAlert.objects.get(connection=connection, type="Endpoint Not Usable")
+    alert = SystemAlert.objects.get(connection=connection, type=SystemAlert.Type.ENDPOINT_NOT_USABLE)
     assert "Correct it in the configuration" in alert.last_message and alert.is_open
     assert connection.last_error == alert.last_message
     assert connections_sweep() == [], "a faulted connection is not kicked again"
@@ -218,7 +218,7 @@ def test_a_secret_that_no_key_decrypts_faults_the_connection_with_an_alert(audie
     assert "FIELD_ENCRYPTION_KEYS" in tested.json()["error"]
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
-    alert = SystemAlert.objects.get(connection=connection, type="Credentials Not Usable")
+    alert = SystemAlert.objects.get(connection=connection, type=SystemAlert.Type.CREDENTIALS_NOT_USABLE)
     assert "FIELD_ENCRYPTION_KEYS" in alert.last_message and "Resume" in alert.last_message
     assert Membership.objects.filter(is_member=True).count() == 1
 
@@ -234,5 +234,5 @@ def test_an_unusable_endpoint_resolves_its_alert_once_fixed_and_resumed(audience
     assert response.status_code == 200
     api.post(f"/api/v1/connections/{connection.pk}/resume")
     drain(connection)
-    alert = SystemAlert.objects.get(connection=connection, type="Endpoint Not Usable")
+    alert = SystemAlert.objects.get(connection=connection, type=SystemAlert.Type.ENDPOINT_NOT_USABLE)
     assert alert.resolved_at is not None

@@ -176,10 +176,10 @@ def test_shards_failing_together_fault_the_connection_once(connection):
     from integrations.models import Connection, SystemAlert
 
     for _ in range(SHARDS):
-        _fault(connection, "Retry Limit Exceeded", "Gave up.")
+        _fault(connection, SystemAlert.Type.RETRY_LIMIT_EXCEEDED, "Gave up.")
     connection.refresh_from_db()
     assert connection.status == Connection.Status.FAULTED
-    assert SystemAlert.objects.get(connection=connection, type="Retry Limit Exceeded").count == 1
+    assert SystemAlert.objects.get(connection=connection, type=SystemAlert.Type.RETRY_LIMIT_EXCEEDED).count == 1
 
 
 def drain_as_the_sweep_says() -> int:

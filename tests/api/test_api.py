@@ -78,7 +78,7 @@ def test_scopes_split_ingest_from_manage(audience):
 # --- audiences ----------------------------------------------------------------------------------------------------
 
 
-def test_audience_lifecycle(api):
+def test_an_audience_is_created_renamed_filled_and_deleted_and_its_id_is_never_reused(api):
     response = api.post("/api/v1/audiences", {"internal_name": "churn_risk"}, format="json")
     assert response.status_code == 201
     body = response.json()
@@ -116,7 +116,7 @@ def test_audience_lifecycle(api):
         ({"internal_name": "ok", "colour": "red"}, "colour"),
     ],
 )
-def test_audience_validation(api, payload, field):
+def test_an_invalid_audience_is_refused_with_its_field_and_nothing_is_stored(api, payload, field):
     response = api.post("/api/v1/audiences", payload, format="json")
     assert response.status_code == 400 and field in fields(response)
     assert not Audience.objects.exists()
@@ -251,7 +251,7 @@ def test_put_user_replaces_identities(api):
         ({"identities": {}, "extra": 1}, "extra"),
     ],
 )
-def test_put_user_validation(api, payload, field):
+def test_an_invalid_put_user_body_is_refused_with_its_field_and_nothing_is_stored(api, payload, field):
     response = api.put("/api/v1/users/u1", payload, format="json")
     assert response.status_code == 400 and field in fields(response)
     assert not User.objects.exists()
@@ -321,7 +321,7 @@ def test_configurations_never_return_the_secret(api):
         ({"name": ""}, "name"),
     ],
 )
-def test_configuration_validation(api, overrides, field):
+def test_an_invalid_configuration_is_refused_with_its_field_and_nothing_is_stored(api, overrides, field):
     response = api.post("/api/v1/configurations", configuration_payload(**overrides), format="json")
     assert response.status_code == 400 and field in fields(response)
     assert not Configuration.objects.exists()
@@ -330,7 +330,7 @@ def test_configuration_validation(api, overrides, field):
 # --- connections --------------------------------------------------------------------------------------------------
 
 
-def test_connection_lifecycle_through_the_api(api, audience, configuration, stream):
+def test_a_connection_is_created_operated_and_changed_through_the_api(api, audience, configuration, stream):
     api.post(
         f"/api/v1/audiences/{audience.pk}/changes",
         {"changes": [{"user_id": "u1", "is_member": True, "identities": {"Email": "e@x.com"}}]},
@@ -385,7 +385,9 @@ def test_connection_lifecycle_through_the_api(api, audience, configuration, stre
         ({"status": "faulted"}, "status"),
     ],
 )
-def test_connection_validation(api, audience, configuration, overrides, field):
+def test_an_invalid_connection_is_refused_with_its_field_and_nothing_is_stored(
+    api, audience, configuration, overrides, field
+):
     payload = {"audience": audience.pk, "configuration": configuration.pk, "stream_name": "ok-stream", **overrides}
     response = api.post("/api/v1/connections", payload, format="json")
     assert response.status_code == 400 and field in fields(response), response.content

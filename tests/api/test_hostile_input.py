@@ -486,7 +486,7 @@ def configuration_form(**overrides) -> ConfigurationAdminForm:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("overrides, field", BAD_CONFIGURATIONS_IN_TEST_API + BAD_CONFIGURATIONS)
-def test_the_configuration_form_refuses(overrides, field):
+def test_the_configuration_form_refuses_bad_settings_with_their_field(overrides, field):
     form = configuration_form(**overrides)
     assert not form.is_valid() and field in form.errors, form.errors
 
@@ -534,7 +534,7 @@ def connection_data(audience: Audience, configuration: Configuration, **override
 
 
 @pytest.mark.parametrize("overrides, field", BAD_CONNECTIONS_IN_TEST_API + BAD_CONNECTIONS)
-def test_the_connection_form_refuses(audience, configuration, overrides, field):
+def test_the_connection_form_refuses_bad_settings_with_their_field(audience, configuration, overrides, field):
     form = ConnectionAdminForm(data=connection_data(audience, configuration, **overrides))
     assert not form.is_valid() and field in form.errors, form.errors
 

@@ -181,7 +181,7 @@ def test_the_hourly_task_purges_after_the_configured_days(history):
     assert set(Delivery.objects.values_list("pk", flat=True)) == history.kept_deliveries
 
 
-def test_zero_days_keeps_everything(history):
+def test_a_retention_of_zero_days_keeps_everything(history):
     before = Delivery.objects.count(), DeliveryAttempt.objects.count()
     with override_settings(DELIVERY_RETENTION_DAYS=0):
         tasks.purge_deliveries()

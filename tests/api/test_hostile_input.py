@@ -217,7 +217,7 @@ def test_random_bytes_are_refused_or_accepted(api, changes_url, noise, where, co
     assert_answered_and_nothing_stored_unless_accepted(post_raw(api, changes_url, body, content_type), before)
 
 
-# --- each bad change gets a 400 that names its field (tests/test_api.py has the common cases) ----------------------
+# --- each bad change gets a 400 that names its field (tests/api/test_api.py has the common cases) ------------------
 
 BAD_CHANGES = [
     ({"user_id": None, "is_member": True}, "changes[1].user_id"),
@@ -457,7 +457,7 @@ GOOD_CONFIGURATION = {
     "send_remove_on_identity_change": True,
     "endpoint_url": "",
 }
-# Cases tests/test_api.py sends to the API already.
+# Cases tests/api/test_api.py sends to the API already.
 BAD_CONFIGURATIONS_IN_TEST_API = [
     ({"access_key_id": "short"}, "access_key_id"),
     ({"access_key_id": "akiaiosfodnn7example"}, "access_key_id"),

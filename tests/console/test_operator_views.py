@@ -117,7 +117,7 @@ def second_connection(make_connection, name: str, **settings) -> Connection:
 
 def fail_once_oversized(connection: Connection, audience: Audience) -> Delivery:
     """user-0's identities grow over Firehose's 1,000 KiB record limit: its resync record fails for good, user-1's is
-    delivered (as in tests/test_delivery.py)."""
+    delivered (as in tests/integrations/test_delivery.py)."""
     members(audience, 2)
     User.objects.filter(external_id="user-0").update(identities={"CustomerId": "x" * (1000 * 1024)})
     connection_resync(connection=connection)

@@ -1,6 +1,6 @@
 """The proof of "nothing lost under concurrency": a seeded random scheduler runs API clients, operators and drains
 in threads at once on PostgreSQL, against the Firehose emulator, then compares what every stream received with the
-database and the database with a pure-Python model (tests/concurrency_model.py).
+database and the database with a pure-Python model (tests/support/concurrency_model.py).
 
 Clients send batches of changes with overlapping new and existing users (the same new users in different orders),
 identity updates, and now and then a change stamped far in the future; operators create and delete connections and

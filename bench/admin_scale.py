@@ -4,7 +4,7 @@ Starts a private PostgreSQL, fills it with one audience of 1,000,000 members (us
 and 10,000,000 deliveries over 4 connections (1% pending, 0.1% failed, the rest delivered), delivery attempts, hourly
 stats and alerts, straight in SQL. Then it asks every operator page and /metrics as a logged-in superuser (Django's
 test client, in this process) and prints, per page, the median time of 5 requests, the number of queries and the
-slowest query. Figures only: nothing is asserted here (tests/test_operator_views.py checks the query counts).
+slowest query. Figures only: nothing is asserted here (tests/console/test_operator_views.py checks the query counts).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ sys.path.insert(0, str(BASE_DIR))
 
 from bench.profile import Profiler, cpu_used  # noqa: E402
 from tests.faults.cluster import PG_BIN, Cluster, Process, cluster_start  # noqa: E402
-from tests.localhost import BIN, wait_for  # noqa: E402
+from tests.support.localhost import BIN, wait_for  # noqa: E402
 
 BENCH_SETTINGS = {
     "FIREHOSE_BACKOFF_BASE_SECONDS": "0.1",

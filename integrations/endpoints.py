@@ -116,8 +116,8 @@ CHECKED_POOLS = {"http": CheckedHTTPConnectionPool, "https": CheckedHTTPSConnect
 
 def client_connections_checked(client) -> None:
     """Make a boto3 client check the address of every connection it opens. botocore offers no setting for its
-    connection class, so the client's pool classes are replaced (botocore is pinned; tests/test_endpoints.py
-    would catch a change)."""
+    connection class, so the client's pool classes are replaced (botocore is pinned;
+    tests/integrations/test_endpoints.py would catch a change)."""
     session = client._endpoint.http_session
     session._pool_classes_by_scheme = CHECKED_POOLS
     session._manager.pool_classes_by_scheme = CHECKED_POOLS

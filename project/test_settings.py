@@ -15,6 +15,6 @@ os.environ.setdefault("CACHE_URL", "locmemcache://")
 from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-# In-process tests see one shard, so that batches hold the whole backlog in id order; tests/test_shards.py covers
-# several. The processes that the end-to-end and fault tests start run with the default (project.settings).
+# In-process tests see one shard, so that batches hold the whole backlog in id order; tests/integrations/test_shards.py
+# covers several. The processes that the end-to-end and fault tests start run with the default (project.settings).
 DELIVERY_SHARDS = 1

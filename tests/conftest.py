@@ -1,31 +1,25 @@
+"""The fixtures every test directory shares. The builders they use are in tests/factories.py, the emulators, the
+processes and the page helpers in tests/support/."""
+
 from __future__ import annotations
 
 import importlib
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import Group
 from django.db import connection as db_connection
-from django.utils import timezone
 from moto import mock_aws
 from rest_framework.test import APIClient
 
 from api.services import api_key_create
 from audiences.models import Audience
-from audiences.services import ChangeIn, audience_create, membership_changes_apply
-from integrations.configurations import configuration_create
-from integrations.connections import connection_create
-from integrations.delivery import DrainReport, connection_drain
-from integrations.layout import delivery_shard_count, delivery_shards_change
+from integrations.layout import delivery_shards_change
 from integrations.models import Configuration, Connection
-from integrations.outbox import OUTBOX
 
-from .emulator import EmulatedStream
-
-ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
-SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+from .factories import AudienceFactory, ConfigurationFactory, ConnectionFactory
+from .support.emulator import EmulatedStream
 
 
 @pytest.fixture
@@ -46,12 +40,12 @@ def stream(aws: None) -> EmulatedStream:
 
 @pytest.fixture
 def configuration(db: None) -> Configuration:
-    return configuration_create(name="Travel", access_key_id=ACCESS_KEY_ID, secret_access_key=SECRET_ACCESS_KEY)
+    return ConfigurationFactory()
 
 
 @pytest.fixture
 def audience(db: None) -> Audience:
-    return audience_create(internal_name="low_engagement", external_name="LowEngagement")
+    return AudienceFactory()
 
 
 @pytest.fixture
@@ -60,7 +54,7 @@ def make_connection(audience: Audience, configuration: Configuration, stream: Em
         settings.setdefault("audience", audience)
         settings.setdefault("configuration", configuration)
         settings.setdefault("stream_name", stream.name)
-        return connection_create(**settings)
+        return ConnectionFactory(**settings)
 
     return make
 
@@ -70,55 +64,17 @@ def connection(make_connection) -> Connection:
     return make_connection()
 
 
-def apply(audience: Audience, *changes: ChangeIn):
-    return membership_changes_apply(audience=audience, changes=list(changes), outbox=OUTBOX)
+@pytest.fixture
+def quiet_connection(audience: Audience, configuration: Configuration) -> Connection:
+    """A connection for the tests that send nothing: no AWS needed."""
+    return ConnectionFactory(audience=audience, configuration=configuration)
 
 
-def join(user_id: str, timestamp: int | None = None, **identities: str) -> ChangeIn:
-    return ChangeIn(user_id=user_id, is_member=True, identities=identities or None, timestamp=timestamp)
-
-
-def leave(user_id: str, timestamp: int | None = None, **identities: str) -> ChangeIn:
-    return ChangeIn(user_id=user_id, is_member=False, identities=identities or None, timestamp=timestamp)
-
-
-def members(audience: Audience, count: int, prefix: str = "user", **identities: str) -> None:
-    """`count` users join, each with its user id as CustomerId (plus `identities`)."""
-    changes = [
-        ChangeIn(user_id=f"{prefix}-{n}", is_member=True, identities={"CustomerId": f"{prefix}-{n}", **identities})
-        for n in range(count)
-    ]
-    membership_changes_apply(audience=audience, changes=changes, outbox=OUTBOX)
-
-
-def customer_ids(records: list[dict]) -> list[str]:
-    return [record["UserIdentities"]["CustomerId"] for record in records]
-
-
-def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
-    """Drain every shard of a connection as the workers would, waiting out scheduled retries, until nothing is due
-    or it stops."""
-    total = DrainReport()
-    deadline = time.monotonic() + max_wait
-    while time.monotonic() < deadline:
-        report = DrainReport()
-        for shard in reversed(range(delivery_shard_count())):  # shard 0 last: an audience deletion waits there
-            shard_report = connection_drain(connection.pk, shard, time_budget=max_wait)
-            report.batches += shard_report.batches
-            report.more_work |= shard_report.more_work
-            total.delivered += shard_report.delivered
-            total.skipped += shard_report.skipped
-            total.failed += shard_report.failed
-        total.batches += report.batches
-        connection.refresh_from_db()
-        if connection.status != Connection.Status.ACTIVE:
-            break
-        if connection.next_attempt_at and connection.next_attempt_at > timezone.now():
-            time.sleep(max(0.0, (connection.next_attempt_at - timezone.now()).total_seconds()) + 0.01)
-            continue
-        if not report.more_work and report.batches == 0:
-            break
-    return total
+@pytest.fixture
+def postgresql_only() -> None:
+    """Skips a test of row locks on SQLite; a module asks for it with `pytest.mark.usefixtures("postgresql_only")`."""
+    if db_connection.vendor != "postgresql":
+        pytest.skip("row locks: SQLite runs one writing transaction at a time")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from ..faults.cluster import Cluster, available, cluster_start
-from ..localhost import BASE_DIR
+from ..support.localhost import BASE_DIR
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

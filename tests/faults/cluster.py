@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..localhost import BASE_DIR, BIN, free_port, port_open, wait_for
+from ..support.localhost import BASE_DIR, BIN, free_port, port_open, wait_for
 
 PG_BIN = (
     Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
@@ -181,13 +181,13 @@ class Redis:
 
 
 class Emulator:
-    """The Firehose-compatible endpoint (tests/firehose_emulator.py) and its control port."""
+    """The Firehose-compatible endpoint (tests/support/firehose_emulator.py) and its control port."""
 
     def __init__(self, root: Path):
         self.port, self.control_port = free_port(), free_port()
         self.process = Process(
             "emulator",
-            [sys.executable, "-m", "tests.firehose_emulator", "--port", str(self.port), "--control-port",
+            [sys.executable, "-m", "tests.support.firehose_emulator", "--port", str(self.port), "--control-port",
              str(self.control_port)],
             env=dict(os.environ),
             log_dir=root,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from django.db import connection
 from django.db.models import prefetch_related_objects
 from django.shortcuts import get_object_or_404
 
+from . import sql
 from .models import Audience, Membership, MembershipChange, User
 
 MEMBERS_PER_PAGE = 100
@@ -21,8 +21,6 @@ MEMBERS_PER_PAGE = 100
 MEMBER_SEARCH_CANDIDATES = 500
 CHANGES_PER_PAGE = 50
 USER_AUDIENCES_SHOWN = 200
-# Above every code point: the end of the range of strings that start with a given prefix, in binary order.
-_LAST_CHARACTER = "\U0010ffff"
 
 
 def audience_get_live(audience_id: int) -> Audience:
@@ -84,21 +82,9 @@ def users_with_id_prefix(*, prefix: str, after: str | None = None, limit: int) -
     binary, so there the prefix is the range [prefix, prefix + the last code point)."""
     if not prefix or len(prefix) > User._meta.get_field("external_id").max_length:
         return []
-    if connection.vendor == "postgresql":
-        sql = (
-            f"SELECT id, external_id FROM {User._meta.db_table} WHERE external_id LIKE %s"
-            + (" AND external_id ~>~ %s" if after is not None else "")
-            + " ORDER BY external_id USING ~<~ LIMIT %s"
-        )
-        params: list[object] = [connection.ops.prep_for_like_query(prefix) + "%"]
-        params += [after] if after is not None else []
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*params, limit])
-            return [(pk, external_id) for pk, external_id in cursor.fetchall()]
-    queryset = User.objects.filter(external_id__gte=prefix, external_id__lt=prefix + _LAST_CHARACTER)
-    if after is not None:
-        queryset = queryset.filter(external_id__gt=after)
-    return list(queryset.order_by("external_id").values_list("pk", "external_id")[:limit])
+    if sql.is_postgresql():
+        return sql.users_with_id_prefix_postgresql(prefix, after, limit)
+    return sql.users_with_id_prefix_orm(prefix, after, limit)
 
 
 class ChangesPage(NamedTuple):
@@ -117,35 +103,14 @@ def user_change_history(
     merged, so that a user with a long history (or a planner that would walk the primary key backwards looking for
     them) never reads more than a page per audience. Every change of a user is in an audience where the user has a
     membership row: memberships are never deleted."""
-    if audience_id is None and connection.vendor == "postgresql":
-        changes = _user_changes_in_all_audiences(user.pk, before, limit + 1)
+    if audience_id is None and sql.is_postgresql():
+        changes = sql.user_changes_in_all_audiences_postgresql(user.pk, before, limit + 1)
     else:
-        queryset = MembershipChange.objects.filter(user=user).order_by("-pk")
-        if audience_id is not None:
-            queryset = queryset.filter(audience_id=audience_id)
-        if before is not None:
-            queryset = queryset.filter(pk__lt=before)
-        changes = list(queryset[: limit + 1])
+        changes = sql.user_changes_orm(user, audience_id, before, limit + 1)
     prefetch_related_objects(changes, "audience")
     if len(changes) > limit:
         return ChangesPage(changes[:limit], changes[limit - 1].pk)
     return ChangesPage(changes, None)
-
-
-def _user_changes_in_all_audiences(user_pk: int, before: int | None, limit: int) -> list[MembershipChange]:
-    changes, memberships = MembershipChange._meta.db_table, Membership._meta.db_table
-    before_condition = "AND c.id < %s" if before is not None else ""
-    sql = f"""
-        SELECT c.* FROM (SELECT audience_id FROM {memberships} WHERE user_id = %s) AS m
-        CROSS JOIN LATERAL (
-            SELECT * FROM {changes} AS c
-            WHERE c.user_id = %s AND c.audience_id = m.audience_id {before_condition}
-            ORDER BY c.id DESC LIMIT %s
-        ) AS c
-        ORDER BY c.id DESC LIMIT %s
-    """
-    params = [user_pk, user_pk, *([before] if before is not None else []), limit, limit]
-    return list(MembershipChange.objects.raw(sql, params))
 
 
 def user_audiences(*, user: User, limit: int = USER_AUDIENCES_SHOWN) -> list[Audience]:

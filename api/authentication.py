@@ -21,6 +21,8 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
+from project.process_local import Pause
+
 from .models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ T = TypeVar("T")
 
 # After a cache error the limit is skipped this long, so that requests do not each wait for an unreachable cache.
 CACHE_RETRY_AFTER_SECONDS = 30.0
-_cache_down_until = 0.0
+cache_pause = Pause(CACHE_RETRY_AFTER_SECONDS)
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -132,13 +134,12 @@ def _blocked_key(client: str) -> str:
 
 def _cache_call(operation: Callable[[], T], *, default: T) -> T:
     """Run a cache operation; on any cache error, go on without the limit for CACHE_RETRY_AFTER_SECONDS."""
-    global _cache_down_until
-    if time.monotonic() < _cache_down_until:
+    if cache_pause.active():
         return default
     try:
         return operation()
     except Exception as exc:  # noqa: BLE001 - an unavailable cache must never stop authentication
-        _cache_down_until = time.monotonic() + CACHE_RETRY_AFTER_SECONDS
+        cache_pause.start()
         logger.warning(
             "The cache is unavailable (%s): failed API authentication is not rate limited for the next %s s.",
             type(exc).__name__,

@@ -5,6 +5,7 @@ this app never imports the integrations that forward its changes)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
@@ -85,6 +86,16 @@ def audience_delete(*, audience: Audience, outbox: Outbox) -> Audience:
     audience.save(update_fields=["deleted_at"])
     outbox.audience_deleted(audience=audience, timestamp=now_timestamp())
     return audience
+
+
+def audiences_delete(*, audience_ids: Iterable[int], outbox: Outbox) -> int:
+    """`audience_delete` on each audience not deleted yet, one transaction each, in id order. Returns how many."""
+    live = Audience.objects.filter(pk__in=list(audience_ids), deleted_at__isnull=True).order_by("pk")
+    deleted = 0
+    for audience in live:
+        audience_delete(audience=audience, outbox=outbox)
+        deleted += 1
+    return deleted
 
 
 # --- memberships ------------------------------------------------------------------------------------------------

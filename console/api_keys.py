@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from api.models import ApiKey
-from api.services import api_key_create, api_keys_revoke
+from api.services import api_key_create, api_key_update, api_keys_revoke
 
 from .display import date_column
 
@@ -69,8 +69,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
-            obj.scopes = sorted(set(obj.scopes))
-            obj.save(update_fields=["name", "scopes"])
+            api_key_update(api_key=obj, name=obj.name, scopes=obj.scopes)
             return
         created, key = api_key_create(name=obj.name, scopes=form.cleaned_data["scopes"])
         obj.pk = created.pk

@@ -19,7 +19,7 @@ from django.urls import path, reverse
 
 from audiences.models import Audience
 from audiences.selectors import MEMBERS_PER_PAGE, audience_members_page, audience_members_search
-from audiences.services import audience_create, audience_delete, audience_update
+from audiences.services import audience_create, audience_delete, audience_update, audiences_delete
 from integrations.models import Connection
 from integrations.outbox import OUTBOX
 
@@ -136,8 +136,7 @@ class AudienceAdmin(admin.ModelAdmin):
         audience_delete(audience=obj, outbox=OUTBOX)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Audience]) -> None:
-        for audience in queryset.filter(deleted_at__isnull=True).order_by("pk"):
-            audience_delete(audience=audience, outbox=OUTBOX)
+        audiences_delete(audience_ids=queryset.values_list("pk", flat=True), outbox=OUTBOX)
 
     # --- the members page ---
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import cached_property
 
 from django.core.paginator import Paginator
-from django.db import connection as db_connection
 from django.db.models import QuerySet
+
+from project.db import table_rows_estimate
 
 
 class CappedPaginator(Paginator):
@@ -27,15 +28,11 @@ class CappedPaginator(Paginator):
         queryset = self.object_list
         if not isinstance(queryset, QuerySet):
             return super().count
-        if db_connection.vendor == "postgresql" and not queryset.query.where:
-            with db_connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [queryset.model._meta.db_table]
-                )
-                row = cursor.fetchone()
-            if row and row[0] >= self.ESTIMATE_FROM:
+        if not queryset.query.where:
+            estimate = table_rows_estimate(queryset.model)
+            if estimate is not None and estimate >= self.ESTIMATE_FROM:
                 self.estimated = True
-                return row[0]
+                return estimate
         if self.exact:
             return super().count
         return queryset.order_by()[: self.COUNT_CAP + 1].count()

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from project.process_local import Pause
+
 from .layout import delivery_shard_count
 
 logger = logging.getLogger(__name__)
@@ -34,21 +36,8 @@ KICK_PENDING_SECONDS = KICK_EXPIRES_SECONDS
 KICK_LOST_AFTER_SECONDS = 60
 
 
-class BrokerPause:
-    """After a failed publish, this process skips kicks for a few seconds, so that requests do not each wait for
-    the broker."""
-
-    def __init__(self) -> None:
-        self._until = 0.0
-
-    def active(self) -> bool:
-        return time.monotonic() < self._until
-
-    def start(self) -> None:
-        self._until = time.monotonic() + BROKER_RETRY_AFTER_SECONDS
-
-
-broker_pause = BrokerPause()
+# After a failed publish, this process skips kicks for a few seconds, so that requests do not each wait for the broker.
+broker_pause = Pause(BROKER_RETRY_AFTER_SECONDS)
 
 
 def kick_pending_key(connection_id: int, shard: int) -> str:

@@ -18,6 +18,8 @@ from django.db import transaction
 from django.db.models import Case, ExpressionWrapper, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
+from project.process_local import Recent
+
 from . import sql
 from .models import Delivery, DeliveryLayout, DrainLease
 
@@ -28,21 +30,7 @@ LAYOUT_ID = 1
 SHARD_COUNT_CACHE_SECONDS = 5.0
 
 
-class _CachedCount:
-    """This process's last read of the shard count, until it goes stale."""
-
-    def __init__(self) -> None:
-        self.count: int | None = None
-        self.until = 0.0
-
-    def get(self) -> int | None:
-        return self.count if self.count is not None and self.until > time.monotonic() else None
-
-    def set(self, count: int | None) -> None:
-        self.count, self.until = count, time.monotonic() + SHARD_COUNT_CACHE_SECONDS
-
-
-_cached_count = _CachedCount()
+_count_read = Recent(lambda: SHARD_COUNT_CACHE_SECONDS)
 
 
 class ReshardTimeout(Exception):
@@ -57,11 +45,9 @@ def delivery_layout() -> DeliveryLayout:
 
 
 def delivery_shard_count(*, cached: bool = False) -> int:
-    if cached and (count := _cached_count.get()) is not None:
-        return count
-    count = delivery_layout().shards
-    _cached_count.set(count)
-    return count
+    if not cached:
+        _count_read.clear()
+    return _count_read.get(lambda: delivery_layout().shards)
 
 
 def delivery_shards_changing() -> bool:
@@ -103,7 +89,7 @@ def delivery_shards_change(*, count: int, wait_seconds: float | None = None) -> 
             )
         )
         DeliveryLayout.objects.filter(pk=LAYOUT_ID).update(shards=count, changing_to=None)
-    _cached_count.set(None)
+    _count_read.clear()
     logger.info("Deliveries now split into %s shards; %s pending or failed deliveries moved.", count, moved)
     return moved  # the sweep kicks the shards with work
 

@@ -5,8 +5,6 @@ live in the database, so every web process answers the same numbers and nothing 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 from django.conf import settings
@@ -14,6 +12,8 @@ from django.db.models import Count
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from project.process_local import Recent
 
 from .models import ALL_TIME, OPEN_ALERTS, Connection, Delivery, DeliveryStats, SystemAlert
 from .stats import LATENCY_BOUNDS, LATENCY_FIELDS
@@ -82,17 +82,10 @@ def metrics_registry() -> CollectorRegistry:
     return registry
 
 
-_cache_lock = threading.Lock()
-_cached: tuple[float, bytes] | None = None
+_scrape = Recent(lambda: settings.METRICS_CACHE_SECONDS)
 
 
 def metrics_text() -> bytes:
     """The scrape's text, computed at most once per METRICS_CACHE_SECONDS in each process: however many scrapers
     ask, the backlog's index is counted once in that time."""
-    global _cached
-    with _cache_lock:
-        if _cached is not None and time.monotonic() - _cached[0] < settings.METRICS_CACHE_SECONDS:
-            return _cached[1]
-        text = generate_latest(metrics_registry())
-        _cached = (time.monotonic(), text)
-        return text
+    return _scrape.get(lambda: generate_latest(metrics_registry()))

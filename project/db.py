@@ -1,8 +1,10 @@
-"""Database tuning for the delivery engine's hot queries."""
+"""Database tuning for the hot queries, and the planner's row estimates for the lists too long to count."""
 
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
+from django.db import connection as db_connection
+from django.db import models
 from django.db.backends.signals import connection_created
 from django.db.models import Field, Lookup
 from django.dispatch import receiver
@@ -39,3 +41,13 @@ class AnyOf(Lookup):
         if connection.vendor == "postgresql":
             return f"{lhs} = ANY(%s)", (*lhs_params, values)
         return f"{lhs} IN ({', '.join(['%s'] * len(values))})", (*lhs_params, *values)
+
+
+def table_rows_estimate(model: type[models.Model]) -> int | None:
+    """PostgreSQL's estimate of a table's row count (from its statistics); None on other databases."""
+    if db_connection.vendor != "postgresql":
+        return None
+    with db_connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])
+        row = cursor.fetchone()
+    return row[0] if row else None

@@ -27,7 +27,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 @pytest.fixture(autouse=True)
 def fresh_counters(monkeypatch):
     """Each test starts with no failures counted and the cache believed up."""
-    monkeypatch.setattr(authentication, "_cache_down_until", 0.0)
+    authentication.cache_pause.clear()
     cache.clear()
     yield
     cache.clear()

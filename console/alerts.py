@@ -11,8 +11,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from console.context_processors import request_open_alert_count
 from integrations.alerts import alerts_acknowledge, alerts_acknowledge_all
-from integrations.context_processors import request_open_alert_count
 from integrations.models import OPEN_ALERTS, SystemAlert
 from integrations.selectors import (
     ALERT_WINDOWS,

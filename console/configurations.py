@@ -11,8 +11,8 @@ from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters
 
+from console.forms import SECRET_FIELD, ConfigurationAdminForm
 from integrations.configurations import configuration_create, configuration_update
-from integrations.forms import SECRET_FIELD, ConfigurationAdminForm
 from integrations.models import Configuration
 from integrations.selectors import configuration_connections
 

@@ -13,6 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from console.forms import ConnectionAdminForm
 from integrations.connections import (
     StatusChanged,
     connection_create,
@@ -25,7 +26,6 @@ from integrations.connections import (
     connections_test,
     deliveries_retry_failed,
 )
-from integrations.forms import ConnectionAdminForm
 from integrations.models import Connection, Delivery, DeliveryAttempt, SystemAlert
 from integrations.selectors import (
     BACKLOG_COUNT_CAP,

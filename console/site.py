@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
-from integrations.context_processors import request_open_alert_count
+from console.context_processors import request_open_alert_count
 from integrations.models import Connection
 from integrations.selectors import BACKLOG_COUNT_CAP, health_summary
 

@@ -106,7 +106,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "integrations.context_processors.open_alerts",
+                "console.context_processors.open_alerts",
             ],
         },
     },

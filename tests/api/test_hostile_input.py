@@ -21,7 +21,7 @@ from schemathesis.python import wsgi
 from audiences.identities import IDENTITY_KEYS
 from audiences.models import Audience, MembershipChange, User
 from audiences.services import audience_create, audience_delete
-from integrations.forms import ConfigurationAdminForm, ConnectionAdminForm
+from console.forms import ConfigurationAdminForm, ConnectionAdminForm
 from integrations.models import Configuration, Connection, Delivery
 from integrations.outbox import OUTBOX
 from project.wsgi import application

@@ -2,7 +2,7 @@
 
 from django.http import HttpRequest
 
-from .selectors import open_alert_count
+from integrations.selectors import open_alert_count
 
 
 def request_open_alert_count(request: HttpRequest) -> int:

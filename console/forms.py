@@ -5,10 +5,9 @@ from django import forms
 
 from audiences.identities import IDENTITY_CHOICES, IDENTITY_LABELS
 from audiences.models import Audience
-
-from .models import Configuration, Connection
-from .regions import REGION_CHOICES
-from .validators import SECRET_ACCESS_KEY_MAX_LENGTH
+from integrations.models import Configuration, Connection
+from integrations.regions import REGION_CHOICES
+from integrations.validators import SECRET_ACCESS_KEY_MAX_LENGTH
 
 SECRET_FIELD = "secret_access_key"
 SECRET_REQUIRED = "Required: the Secret Access Key of the Access Key ID above."

@@ -19,13 +19,10 @@ from typing import NamedTuple
 from django.db import connection
 from django.utils import timezone
 
+from project.db import is_postgresql
+
 from .identities import Identities, identities_json
 from .models import Audience, Membership, MembershipChange, User
-
-
-def is_postgresql() -> bool:
-    return connection.vendor == "postgresql"
-
 
 # --- the rows of a batch ----------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The operator console: the Django admin of audiences, connections, System Alerts, the delivery logs, users and API
-keys. It is the presentation layer, beside the HTTP API (api): it reads through the selectors and writes through the
-services of audiences, integrations and api, and renders.
+keys. It is the presentation layer, above the HTTP API (api): it reads through the selectors (and the hourly stats of
+integrations.stats for the charts) and writes through the services of audiences, integrations and api, and renders.
 
 Roles (the groups made by migration 0003_roles_groups): the connection actions need the custom permission
 `integrations.operate_connection` and acknowledging needs `integrations.acknowledge_systemalert`, not the change

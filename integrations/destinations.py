@@ -34,7 +34,7 @@ def connection_credentials(connection: Connection) -> Credentials:
     )
 
 
-def connection_transport_class(connection: Connection) -> type[FirehoseTransport]:
+def connection_transport_class(connection: Connection) -> type[Transport]:
     """The kind of transport, for its limits and names, without the credentials."""
     return FirehoseTransport
 

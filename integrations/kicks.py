@@ -1,7 +1,9 @@
 """Kicks: the Celery messages that ask a worker to drain a shard, or to purge deleted connections.
 
 A kick carries nothing the database does not hold; a lost one is recovered by the beat sweep. Tasks are published by
-name (`integrations.tasks` consumes them), so that the engine never imports the tasks that call it.
+name (`integrations.tasks` consumes them), so that the engine never imports the tasks that call it, and through the
+project's Celery app: Celery's current app is another one in a thread that did not create it (a request thread of
+`runserver`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import logging
 import time
 from collections.abc import Iterable
 
-from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from project.celery import app as celery_app
 from project.process_local import Pause
 
 from .layout import delivery_shard_count
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 DRAIN_TASK = "integrations.tasks.drain_connection"
 PURGE_DELETED_TASK = "integrations.tasks.purge_deleted_connections"
 
+PURGE_EXPIRES_SECONDS = 3600
 BROKER_RETRY_AFTER_SECONDS = 5.0
 # A kick expires in the broker after this long (a worker that takes it later drops it): a drain that late would only
 # find what the sweep has kicked since.
@@ -57,7 +60,7 @@ def connection_kick(
         if not _kick_mark(connection_id, each, replace_marks_older_than):
             continue  # a kick is already waiting for this shard
         try:
-            current_app.send_task(
+            celery_app.send_task(
                 DRAIN_TASK,
                 (connection_id, each),
                 expires=KICK_EXPIRES_SECONDS,
@@ -104,6 +107,8 @@ def connections_kick_on_commit(connection_ids: Iterable[int]) -> None:
 def purge_deleted_kick() -> None:
     """Ask a worker to purge the rows of deleted connections; the hourly retention runs it too."""
     try:
-        current_app.send_task(PURGE_DELETED_TASK, expires=3600, priority=settings.CELERY_TASK_DEFAULT_PRIORITY)
+        celery_app.send_task(
+            PURGE_DELETED_TASK, expires=PURGE_EXPIRES_SECONDS, priority=settings.CELERY_TASK_DEFAULT_PRIORITY
+        )
     except Exception:  # noqa: BLE001 - the hourly retention purges what a lost task left
         logger.warning("Could not queue %s; the hourly retention will run it.", PURGE_DELETED_TASK)

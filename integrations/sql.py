@@ -16,16 +16,13 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from audiences.models import Membership, MembershipChange
+from project.db import is_postgresql
 
 from .models import Configuration, Connection, Delivery, DeliveryStats
 
 DELIVERY_INSERT_BATCH = 2000
 QUEUE_LOCK_SPACE = 7_246_001  # the first key of the advisory locks of `queue_locks_take`
 LAYOUT_LOCK_SPACE = 7_246_002  # the advisory lock (space, 0) of the layout: shared by writers, exclusive to move
-
-
-def is_postgresql() -> bool:
-    return db_connection.vendor == "postgresql"
 
 
 # --- locks (project.transactions, steps 4 and 5) ----------------------------------------------------------------
@@ -128,10 +125,11 @@ def deliveries_bulk_create_for_changes(
 # --- resync pages -----------------------------------------------------------------------------------------------
 
 
-def deliveries_insert_resync_page(connection: Connection, shards: int, *, after: int, through: int) -> int:
+def deliveries_insert_resync_page(
+    connection: Connection, shards: int, now: datetime, *, after: int, through: int
+) -> int:
     """One resync delivery per member of the connection's audience with a membership id in (after, through], in one
     INSERT ... SELECT (PostgreSQL and SQLite alike). Returns how many were queued."""
-    now = timezone.now()
     with db_connection.cursor() as cursor:
         cursor.execute(
             f"""

@@ -9,7 +9,14 @@ from django.conf import settings
 from integrations.delivery import connection_drain, connections_sweep
 
 from .health import worker_heartbeat_record
-from .kicks import DRAIN_TASK, PURGE_DELETED_TASK, connection_kick, kick_taken
+from .kicks import (
+    DRAIN_TASK,
+    PURGE_DELETED_TASK,
+    PURGE_EXPIRES_SECONDS,
+    connection_kick,
+    kick_taken,
+    purge_deleted_kick,
+)
 from .retention import connections_purge_deleted, deliveries_purge
 
 logger = logging.getLogger(__name__)
@@ -40,14 +47,14 @@ def purge_deleted_connections() -> dict:
     """Queued when a connection is deleted, and hourly: its rows go in batches, then the connection row."""
     report = connections_purge_deleted()
     if not report.finished:
-        purge_deleted_connections.apply_async(expires=3600)  # the rest at once
+        purge_deleted_kick()  # the rest at once
     return {"deliveries": report.deliveries, "attempts": report.attempts, "finished": report.finished}
 
 
 @shared_task(ignore_result=True)
 def purge_deliveries() -> dict:
     """Hourly (beat): delete what DELIVERY_RETENTION_DAYS no longer keeps; 0 keeps everything."""
-    purge_deleted_connections.apply_async(expires=3600)
+    purge_deleted_kick()
     if not settings.DELIVERY_RETENTION_DAYS:
         return {"deliveries": 0, "attempts": 0, "finished": True}
     report = deliveries_purge(older_than=timedelta(days=settings.DELIVERY_RETENTION_DAYS))
@@ -57,5 +64,5 @@ def purge_deliveries() -> dict:
             report.deliveries, report.attempts, settings.DELIVERY_RETENTION_DAYS, report.batches,
         )  # fmt: skip
     if not report.finished:
-        purge_deliveries.apply_async(expires=3600)  # the rest at once, with a fresh time budget
+        purge_deliveries.apply_async(expires=PURGE_EXPIRES_SECONDS)  # the rest at once, with a fresh time budget
     return {"deliveries": report.deliveries, "attempts": report.attempts, "finished": report.finished}

@@ -43,9 +43,14 @@ class AnyOf(Lookup):
         return f"{lhs} IN ({', '.join(['%s'] * len(values))})", (*lhs_params, *values)
 
 
+def is_postgresql() -> bool:
+    """The hand-written SQL (each app's sql.py) is PostgreSQL's; other databases run its ORM twins."""
+    return db_connection.vendor == "postgresql"
+
+
 def table_rows_estimate(model: type[models.Model]) -> int | None:
     """PostgreSQL's estimate of a table's row count (from its statistics); None on other databases."""
-    if db_connection.vendor != "postgresql":
+    if not is_postgresql():
         return None
     with db_connection.cursor() as cursor:
         cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])

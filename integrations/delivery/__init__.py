@@ -13,7 +13,7 @@ batch (AIMD), so that the producer avoids throttling instead of only retrying it
 
 The stages, one module each, in the order a batch goes through them (`drain.connection_drain`):
 `lease` → `claim` → `ratelimit` → `send` → `settle`; `resync` queues a running resync's pages, `sweep` recovers
-lost kicks. `batch` holds what they pass to each other.
+lost kicks. `batch` holds what they pass to each other, and what each of them reads of the connection.
 """
 
 from .batch import DrainReport

@@ -4,6 +4,7 @@ the next RESYNC_PAGE_SIZE members, across all shards, in its own short transacti
 from __future__ import annotations
 
 from django.db.models import F
+from django.utils import timezone
 
 from audiences.models import Membership
 from project.transactions import atomic_with_retry
@@ -41,8 +42,9 @@ def _resync_page_insert(connection: Connection) -> bool:
     ).order_by("pk")
     page_end = members.values_list("pk", flat=True)[RESYNC_PAGE_SIZE - 1 : RESYNC_PAGE_SIZE].first()
     page_end = (until or 0) if page_end is None else page_end
+    now = timezone.now()
     shards = deliveries_insert_lock([connection.pk])
-    queued = sql.deliveries_insert_resync_page(connection, shards, after=cursor_at, through=page_end)
+    queued = sql.deliveries_insert_resync_page(connection, shards, now, after=cursor_at, through=page_end)
     if not queued:
         Connection.objects.filter(pk=connection.pk).update(resync_cursor=None)
         return False

@@ -73,9 +73,9 @@ def _send_one_by_one(
             alert_raise(
                 connection=connection,
                 type=SystemAlert.Type.BATCH_NOT_PERMITTED,
-                message="PutRecordBatch was denied, so records are sent one by one with PutRecord. "
-                "Add firehose:PutRecordBatch to the IAM policy to send up to 500 records per request. "
-                f"({batch_denied.code})",
+                message=f"{transport.batch_operation} was denied, so records are sent one by one with {operation}. "
+                f"Add {transport.batch_permission} to the IAM policy to send up to {transport.limits.batch_records} "
+                f"records per request. ({batch_denied.code})",
             )
             batch_denied = None
     return True

@@ -20,6 +20,7 @@ from django.db.models.functions import Least
 from django.utils import timezone
 
 from ..alerts import alert_for, alert_raise, alerts_resolve_on_delivery
+from ..destinations import connection_transport_class
 from ..models import Connection, Delivery, DeliveryAttempt, DeliveryFailure, SystemAlert
 from ..stats import stats_record
 from ..transport.base import EntryFailure, Reason, TransportError
@@ -234,7 +235,9 @@ def request_failed(
 
 def deliveries_fail_oversized(connection: Connection, deliveries: list[Pending], report: DrainReport) -> None:
     """Records over the stream's size limit can never be sent: they fail for good, with an alert."""
-    message = f"{len(deliveries)} record(s) over the 1,000 KiB Firehose limit were not sent."
+    transport = connection_transport_class(connection)
+    limit = f"{transport.limits.record_bytes // 1024:,} KiB {transport.name} limit"
+    message = f"{len(deliveries)} record(s) over the {limit} were not sent."
     Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(status=Delivery.Status.FAILED, last_error=message)
     Connection.objects.filter(pk=connection.pk).update(
         failed_count=F("failed_count") + len(deliveries),

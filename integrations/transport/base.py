@@ -1,5 +1,6 @@
 """What the delivery engine asks of a destination, whatever it is: send these records, and say which were accepted,
-which may be retried and which failed for good, and why, as a code (`Reason`).
+which were not (and why, as a code: `Reason`), and whether a request that failed as a whole may be retried or
+failed for good (`TransportError.retryable`). The engine retries every entry that failed in an accepted request.
 
 A transport sends and classifies, and never touches the ORM. It says nothing of System Alerts either: the domain
 maps reasons to alert types in one place (`integrations.alerts.ALERT_FOR_REASON`). Messages are scrubbed of the
@@ -95,7 +96,6 @@ class EntryFailure:
     code: str
     message: str
     reason: Reason = Reason.SERVER_ERROR
-    retryable: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,11 @@ class StreamDescription:
 class Transport(Protocol):
     """One destination stream, reached with one set of credentials."""
 
+    name: ClassVar[str]  # what operators read in messages: "Firehose"
     limits: ClassVar[Limits]
     batch_operation: ClassVar[str]  # the names the attempt log shows
     single_operation: ClassVar[str]
+    batch_permission: ClassVar[str]  # the IAM action the batch operation needs
 
     def send_batch(self, records: list[bytes]) -> list[EntryFailure]:
         """Send up to `limits.batch_records` records in one request; returns the entries that failed (empty when

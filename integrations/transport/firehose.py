@@ -216,9 +216,11 @@ def describe_delivery_stream(
 class FirehoseTransport:
     """A Firehose delivery stream (`transport.base.Transport`)."""
 
+    name: ClassVar[str] = "Firehose"
     limits: ClassVar[Limits] = LIMITS
     batch_operation: ClassVar[str] = "PutRecordBatch"
     single_operation: ClassVar[str] = "PutRecord"
+    batch_permission: ClassVar[str] = "firehose:PutRecordBatch"
 
     def __init__(self, credentials: Credentials, stream_name: str):
         self.credentials = credentials

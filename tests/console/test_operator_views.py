@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from audiences.models import Audience, User
 from audiences.services import audience_create
-from console.paginators import CappedPaginator as LogPaginator
+from console.paginators import CappedPaginator
 from integrations.alerts import RESOLVED_BY_DELIVERY, alert_raise, alerts_resolve_on_delivery
 from integrations.connections import connection_create, connection_pause, connection_resume, connection_resync
 from integrations.delivery import connection_drain
@@ -720,7 +720,7 @@ def test_the_delivery_log_filters_by_user_id_status_and_time(admin_client, quiet
 def test_the_delivery_log_says_more_than_the_cap_instead_of_counting_every_row(
     admin_client, quiet_connection, audience, monkeypatch
 ):
-    monkeypatch.setattr(LogPaginator, "COUNT_CAP", 5)
+    monkeypatch.setattr(CappedPaginator, "COUNT_CAP", 5)
     members(audience, 7)
     Delivery.objects.filter(user__external_id__in=["user-0", "user-1"]).update(status=Delivery.Status.FAILED)
     changelist = url("integrations_delivery_changelist")
@@ -736,7 +736,7 @@ def test_the_delivery_log_says_more_than_the_cap_instead_of_counting_every_row(
 def test_the_unfiltered_delivery_log_of_a_large_table_takes_the_planners_estimate_instead_of_counting(
     admin_client, quiet_connection, audience, monkeypatch
 ):
-    monkeypatch.setattr(LogPaginator, "ESTIMATE_FROM", 5)
+    monkeypatch.setattr(CappedPaginator, "ESTIMATE_FROM", 5)
     members(audience, 7)
     with db_connection.cursor() as cursor:
         cursor.execute("ANALYZE integrations_delivery")

@@ -33,6 +33,7 @@ class Pending(NamedTuple):
     change_previous_identities: dict | None
     user_identities: dict | None
     created_at: datetime
+    user_external_id: str | None
 
 
 PENDING_FIELDS = (
@@ -46,6 +47,7 @@ PENDING_FIELDS = (
     "change__previous_identities",
     "resync_identities",
     "created_at",
+    "user__external_id",
 )
 
 
@@ -53,6 +55,9 @@ PENDING_FIELDS = (
 class Batch:
     deliveries: list[Pending] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
+    # Each record's partition key: the user's id, or the audience's for its deletion record (a stream that orders by
+    # key keeps each user's records in order; Firehose has no keys and ignores them).
+    keys: list[str] = field(default_factory=list)
     size: int = 0
     # Where the shard's next claim starts once this batch is delivered: every pending delivery of the shard up to
     # this id is in the batch.

@@ -76,6 +76,7 @@ def claim_batch(connection: Connection, shard: int, claimed_through: int, report
             break
         batch.deliveries.append(delivery)
         batch.records.append(record)
+        batch.keys.append(delivery.user_external_id or str(connection.audience_id))
         batch.size += len(record)
         if delivery.user_id is not None:
             users_in_batch.add(delivery.user_id)

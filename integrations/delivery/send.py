@@ -38,7 +38,7 @@ def send_batch(connection: Connection, batch: Batch, report: DrainReport) -> boo
     if connection.batch_permitted:
         started, clock = timezone.now(), time.monotonic()
         try:
-            failures = transport.send_batch(batch.records)
+            failures = transport.send_batch(batch.records, batch.keys)
         except TransportError as error:
             attempt = attempt_log(connection, transport.batch_operation, batch, started, clock, error=error)
             if error.is_access_denied:
@@ -58,11 +58,11 @@ def _send_one_by_one(
     batch_denied: TransportError | None = None,
 ) -> bool:
     operation = transport.single_operation
-    for position, (delivery, record) in enumerate(zip(batch.deliveries, batch.records, strict=True)):
-        single = Batch([delivery], [record], len(record))
+    for position, (delivery, record, key) in enumerate(zip(batch.deliveries, batch.records, batch.keys, strict=True)):
+        single = Batch([delivery], [record], [key], len(record))
         started, clock = timezone.now(), time.monotonic()
         try:
-            transport.send_one(record)
+            transport.send_one(record, key)
         except TransportError as error:
             attempt = attempt_log(connection, operation, single, started, clock, error=error)
             request_failed(connection, batch.deliveries[position:], attempt, error, report, sample=record)

@@ -115,11 +115,12 @@ class Transport(Protocol):
     single_operation: ClassVar[str]
     batch_permission: ClassVar[str]  # the IAM action the batch operation needs
 
-    def send_batch(self, records: list[bytes]) -> list[EntryFailure]:
-        """Send up to `limits.batch_records` records in one request; returns the entries that failed (empty when
-        every record was accepted). Raises TransportError when the request failed as a whole."""
+    def send_batch(self, records: list[bytes], keys: list[str]) -> list[EntryFailure]:
+        """Send up to `limits.batch_records` records, each with its partition key, in one request; returns the
+        entries that failed (empty when every record was accepted). Raises TransportError when the request failed as
+        a whole."""
 
-    def send_one(self, record: bytes) -> None:
+    def send_one(self, record: bytes, key: str) -> None:
         """Send one record; raises TransportError."""
 
     def describe(self, timeouts: Timeouts | None = None) -> StreamDescription:

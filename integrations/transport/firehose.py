@@ -226,10 +226,10 @@ class FirehoseTransport:
         self.credentials = credentials
         self.stream_name = stream_name
 
-    def send_batch(self, records: list[bytes]) -> list[EntryFailure]:
-        return put_record_batch(self.credentials, self.stream_name, records)
+    def send_batch(self, records: list[bytes], keys: list[str]) -> list[EntryFailure]:
+        return put_record_batch(self.credentials, self.stream_name, records)  # Firehose takes no partition keys
 
-    def send_one(self, record: bytes) -> None:
+    def send_one(self, record: bytes, key: str) -> None:
         put_record(self.credentials, self.stream_name, record)
 
     def describe(self, timeouts: Timeouts | None = None) -> StreamDescription:

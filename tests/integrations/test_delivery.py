@@ -399,3 +399,21 @@ def test_an_identity_update_by_the_users_api_never_makes_a_later_change_stale(co
     result = apply(audience, leave("u", 150))
     assert (result.accepted, result.stale) == (1, 0)
     assert not Membership.objects.get(user__external_id="u").is_member
+
+
+def test_each_record_is_claimed_with_its_users_id_as_partition_key_and_a_deletion_with_the_audiences(
+    connection, audience
+):
+    from audiences.services import audience_delete
+    from integrations.delivery.batch import DrainReport
+    from integrations.delivery.claim import claim_batch
+
+    apply(audience, join("tenant/42", CustomerId="a"), join("b", CustomerId="b"))
+    members_batch = claim_batch(connection, 0, 0, DrainReport())
+    assert members_batch.keys == ["tenant/42", "b"]
+
+    Delivery.objects.filter(connection=connection).update(status=Delivery.Status.DELIVERED)
+    audience_delete(audience=audience, outbox=OUTBOX)
+    deletion_batch = claim_batch(connection, 0, members_batch.claimed_through, DrainReport())
+    assert [json.loads(record)["AudienceDeleted"] for record in deletion_batch.records] == [True]
+    assert deletion_batch.keys == [str(audience.pk)]

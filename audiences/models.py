@@ -44,6 +44,10 @@ class User(models.Model):
 
     external_id = models.CharField("user id", max_length=256, unique=True)
     identities = IdentitiesField(default=dict, blank=True)
+    # Typed values for the rules (contract section 9), and the date-times among them as Unix seconds
+    # (audiences.attributes). Defaults in the database too: the bulk statements of audiences.sql leave them out.
+    attributes = models.JSONField(default=dict, db_default={}, blank=True)
+    attribute_times = models.JSONField(default=dict, db_default={}, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -163,19 +163,25 @@ class ChangesResponseSerializer(serializers.Serializer):
     ignored = serializers.IntegerField(help_text="Stale changes and changes that changed nothing.")
 
 
-class UserIdentitiesSerializer(StrictSerializer):
-    """For the OpenAPI document; requests are validated by api.views.UserView."""
+class UserUpdateSerializer(StrictSerializer):
+    """For the OpenAPI document; requests are validated by api.validation.parse_user_update."""
 
-    identities = IdentitiesField(help_text="The user's identities: they replace the ones stored.")
+    identities = IdentitiesField(required=False, help_text="The user's identities: they replace the ones stored.")
+    attributes = serializers.DictField(
+        required=False,
+        help_text="Merged into the user's attributes; a key set to null removes it. A value is a string, a finite "
+        "number, a boolean or a list of strings.",
+    )
 
 
 class UserSerializer(serializers.ModelSerializer):
     user_id = serializers.CharField(source="external_id")
     identities = IdentitiesField()
+    attributes = serializers.DictField(read_only=True)
 
     class Meta:
         model = User
-        fields = ["user_id", "identities", "updated_at"]
+        fields = ["user_id", "identities", "attributes", "updated_at"]
 
 
 # --- configurations ---------------------------------------------------------------------------------------------

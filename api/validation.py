@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import exceptions, parsers
 
+from audiences.attributes import Attributes, attribute_errors
 from audiences.identities import Identities, identity_errors
 from audiences.models import User
 from audiences.services import ChangeIn
@@ -88,13 +89,6 @@ def text_error(value: Any, *, max_length: int, allow_empty: bool = False) -> str
     return None
 
 
-def identities_or_raise(value: Any, path: str = "identities") -> Identities:
-    errors = identity_errors(value, path)
-    if errors:
-        raise InvalidInput(errors)
-    return value
-
-
 def user_id_error(value: Any) -> str | None:
     return text_error(value, max_length=MAX_USER_ID_LENGTH)
 
@@ -154,3 +148,25 @@ def parse_changes(payload: Any) -> list[ChangeIn]:
     if errors:
         raise InvalidInput(errors[:MAX_ERRORS])
     return parsed
+
+
+USER_KEYS = frozenset({"identities", "attributes"})
+
+
+def parse_user_update(payload: Any, path: str = "") -> tuple[Identities | None, Attributes | None]:
+    """`{"identities"?, "attributes"?}`, validated whole: every fault with its field path."""
+    prefix = f"{path}." if path else ""
+    if not isinstance(payload, dict):
+        raise InvalidInput([(path or "body", "Must be an object with identities, attributes or both.")])
+    errors: list[Error] = [(f"{prefix}{key}", "Unknown field.") for key in payload if key not in USER_KEYS]
+    if not USER_KEYS & set(payload):
+        errors.append((f"{prefix}identities", "Required: identities, attributes or both."))
+    identities = payload.get("identities")
+    if "identities" in payload:
+        errors.extend(identity_errors(identities, f"{prefix}identities"))
+    attributes = payload.get("attributes")
+    if "attributes" in payload:
+        errors.extend(attribute_errors(attributes, f"{prefix}attributes"))
+    if errors:
+        raise InvalidInput(errors[:MAX_ERRORS])
+    return identities, attributes

@@ -14,7 +14,7 @@ from audiences.services import (
     audience_delete,
     audience_update,
     membership_changes_apply,
-    user_identities_update,
+    user_update,
 )
 from integrations.configurations import configuration_create, configuration_update
 from integrations.connections import (
@@ -32,7 +32,7 @@ from integrations.selectors import alerts_list, connection_backlog
 from . import serializers as s
 from .errors import InvalidInput
 from .models import ApiKey
-from .validation import JSONParser, identities_or_raise, parse_changes, user_id_error
+from .validation import JSONParser, parse_changes, parse_user_update, user_id_error
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 404, 413, 415)}
 
@@ -100,19 +100,14 @@ class AudienceChangesView(IngestView):
 
 
 class UserView(IngestView):
-    @extend_schema(request=s.UserIdentitiesSerializer, responses={200: s.UserSerializer, **ERRORS})
+    @extend_schema(request=s.UserUpdateSerializer, responses={200: s.UserSerializer, **ERRORS})
     def put(self, request: Request, user_id: str) -> Response:
+        """Create or update a user: `identities` replace its identities, `attributes` are merged into its
+        attributes (contract section 9)."""
         if (message := user_id_error(user_id)) is not None:
             raise InvalidInput([("user_id", message)])
-        data = request.data
-        if not isinstance(data, dict) or "identities" not in data:
-            raise InvalidInput([("identities", "Required: an object of identity key to string.")])
-        unknown = [(key, "Unknown field.") for key in data if key != "identities"]
-        if unknown:
-            raise InvalidInput(unknown)
-        user = user_identities_update(
-            user_id=user_id, identities=identities_or_raise(data["identities"]), outbox=OUTBOX
-        )
+        identities, attributes = parse_user_update(request.data)
+        user = user_update(user_id=user_id, identities=identities, attributes=attributes, outbox=OUTBOX)
         return Response(s.UserSerializer(user).data)
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
+from django.core.exceptions import ValidationError
 from django.db.models import F
 from django.utils import timezone
 
 from project.transactions import atomic_with_retry
 
 from . import sql
+from .attributes import Attributes, attribute_times, attributes_count_error, attributes_merged
 from .identities import Identities
 from .models import Audience, Membership, MembershipChange, User
 
@@ -273,13 +275,30 @@ def _audience_shared_lock(audience_id: int) -> datetime | None:
     return sql.audience_lock_orm(audience_id)
 
 
-@atomic_with_retry
 def user_identities_update(*, user_id: str, identities: Identities, outbox: Outbox) -> User:
     """Replace a user's identities; every audience where the user is a member gets an identity change."""
+    return user_update(user_id=user_id, identities=identities, outbox=outbox)
+
+
+@atomic_with_retry
+def user_update(
+    *, user_id: str, identities: Identities | None = None, attributes: Attributes | None = None, outbox: Outbox
+) -> User:
+    """Create the user if it is new; replace its identities (every audience where it is a member gets an identity
+    change) and merge `attributes` into its attributes (a null removes one), in one transaction."""
     texts = sql.JsonTexts()
     user = _lock_users({user_id: identities}, None, texts)[0][user_id]
-    if identities != user.identities:
+    if identities is not None and identities != user.identities:
         log = _ChangeLog(texts, outbox)
         _identities_changed(log, user, identities, now_timestamp(), _member_elsewhere([user.pk], None).get(user.pk, []))
         log.save()
+    if attributes:
+        current = User.objects.filter(pk=user.pk).values_list("attributes", flat=True).get()
+        merged = attributes_merged(current, attributes)
+        if errors := attributes_count_error(merged):
+            raise ValidationError({path: [message] for path, message in errors})
+        if merged != current:
+            User.objects.filter(pk=user.pk).update(
+                attributes=merged, attribute_times=attribute_times(merged), updated_at=timezone.now()
+            )
     return User.objects.get(pk=user.pk)

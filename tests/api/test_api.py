@@ -257,6 +257,44 @@ def test_an_invalid_put_user_body_is_refused_with_its_field_and_nothing_is_store
     assert not User.objects.exists()
 
 
+def test_put_user_merges_attributes_and_keeps_what_it_is_not_given(api):
+    first = api.put(
+        "/api/v1/users/p.fogg", {"identities": {"CustomerId": "c1"}, "attributes": {"plan": "pro"}}, format="json"
+    )
+    assert first.status_code == 200
+    assert first.json()["attributes"] == {"plan": "pro"}
+    second = api.put(
+        "/api/v1/users/p.fogg",
+        {"attributes": {"score": 3.5, "tags": ["a"], "since": "2026-11-30T12:00:00Z"}},
+        format="json",
+    )
+    assert second.json()["identities"] == {"CustomerId": "c1"}, "identities are kept when not given"
+    assert second.json()["attributes"] == {"plan": "pro", "score": 3.5, "tags": ["a"], "since": "2026-11-30T12:00:00Z"}
+    third = api.put(
+        "/api/v1/users/p.fogg", {"identities": {"Email": "e@x.com"}, "attributes": {"plan": None}}, format="json"
+    )
+    assert third.json()["identities"] == {"Email": "e@x.com"}
+    assert third.json()["attributes"] == {"score": 3.5, "tags": ["a"], "since": "2026-11-30T12:00:00Z"}
+    user = User.objects.get(external_id="p.fogg")
+    assert user.attribute_times == {"since": 1796040000.0}
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"attributes": {"9plan": "x"}}, "attributes.9plan"),
+        ({"attributes": {"plan": {"nested": 1}}}, "attributes.plan"),
+        ({"attributes": {"tags": ["a", 2]}}, "attributes.tags"),
+        ({"attributes": "x"}, "attributes"),
+        ({"attributes": {f"a{n}": n for n in range(201)}}, "attributes"),
+    ],
+)
+def test_bad_attributes_are_refused_with_their_path_and_nothing_is_stored(api, payload, field):
+    response = api.put("/api/v1/users/u1", payload, format="json")
+    assert response.status_code == 400 and field in fields(response), response.content
+    assert not User.objects.exists()
+
+
 @pytest.mark.parametrize(
     "user_id",
     ["tenant/42", "a/b/c", "trailing/", "with space", "50%", "q?x=1#y", "line\nbreak", "é/ü", "..", "/leading"],

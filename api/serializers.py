@@ -174,6 +174,26 @@ class UserUpdateSerializer(StrictSerializer):
     )
 
 
+class UserItemSerializer(UserUpdateSerializer):
+    user_id = serializers.CharField(min_length=1, max_length=MAX_USER_ID_LENGTH)
+
+
+class UsersSerializer(StrictSerializer):
+    """A batch of users: one bad item rejects the whole batch, and nothing is stored."""
+
+    users = serializers.ListField(
+        child=UserItemSerializer(),
+        min_length=1,
+        max_length=settings.API_MAX_CHANGES_PER_REQUEST,
+        help_text="At most 10,000 users, validated as a whole, applied in order.",
+    )
+
+
+class UsersResponseSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    ignored = serializers.IntegerField(help_text="Items that changed nothing.")
+
+
 class UserSerializer(serializers.ModelSerializer):
     user_id = serializers.CharField(source="external_id")
     identities = IdentitiesField()

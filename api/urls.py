@@ -23,6 +23,7 @@ urlpatterns = [
     path("audiences", views.AudienceListView.as_view()),
     path("audiences/<int:audience_id>", views.AudienceDetailView.as_view()),
     path("audiences/<int:audience_id>/changes", views.AudienceChangesView.as_view()),
+    path("users", views.UserListView.as_view()),
     path("users/<user_id:user_id>", views.UserView.as_view()),
     path("configurations", views.ConfigurationListView.as_view()),
     path("configurations/<int:configuration_id>", views.ConfigurationDetailView.as_view()),

@@ -16,7 +16,7 @@ from rest_framework import exceptions, parsers
 from audiences.attributes import Attributes, attribute_errors
 from audiences.identities import Identities, identity_errors
 from audiences.models import User
-from audiences.services import ChangeIn
+from audiences.services import ChangeIn, UserIn
 
 from .errors import BodyTooLarge, Error, InvalidInput
 
@@ -170,3 +170,41 @@ def parse_user_update(payload: Any, path: str = "") -> tuple[Identities | None, 
     if errors:
         raise InvalidInput(errors[:MAX_ERRORS])
     return identities, attributes
+
+
+def parse_users(payload: Any) -> list[UserIn]:
+    """`{"users": [{"user_id", "identities"?, "attributes"?}]}`, validated whole like a batch of changes."""
+    if not isinstance(payload, dict):
+        raise InvalidInput([("body", "Must be an object with a 'users' list.")])
+    errors: list[Error] = [(key, "Unknown field.") for key in payload if key != "users"]
+    items = payload.get("users")
+    if not isinstance(items, list):
+        raise InvalidInput([*errors, ("users", "Required: a list of users.")])
+    limit = settings.API_MAX_CHANGES_PER_REQUEST
+    if not items:
+        errors.append(("users", "Must hold at least one user."))
+    if len(items) > limit:
+        raise InvalidInput([*errors, ("users", f"At most {limit} users per request, got {len(items)}.")])
+    parsed = []
+    for index, item in enumerate(items):
+        path = f"users[{index}]"
+        if not isinstance(item, dict):
+            errors.append((path, "Must be an object."))
+            continue
+        if "user_id" not in item:
+            errors.append((f"{path}.user_id", "Required."))
+        elif (message := user_id_error(item["user_id"])) is not None:
+            errors.append((f"{path}.user_id", message))
+        fields = {key: value for key, value in item.items() if key != "user_id"}
+        try:
+            identities, attributes = parse_user_update(fields, path) if fields else (None, None)
+        except InvalidInput as invalid:
+            errors.extend(invalid.errors)
+            identities = attributes = None
+        if len(errors) >= MAX_ERRORS:
+            break
+        if not errors:
+            parsed.append(UserIn(user_id=item["user_id"], identities=identities, attributes=attributes))
+    if errors:
+        raise InvalidInput(errors[:MAX_ERRORS])
+    return parsed

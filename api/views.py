@@ -15,6 +15,7 @@ from audiences.services import (
     audience_update,
     membership_changes_apply,
     user_update,
+    users_update,
 )
 from integrations.configurations import configuration_create, configuration_update
 from integrations.connections import (
@@ -32,7 +33,7 @@ from integrations.selectors import alerts_list, connection_backlog
 from . import serializers as s
 from .errors import InvalidInput
 from .models import ApiKey
-from .validation import JSONParser, parse_changes, parse_user_update, user_id_error
+from .validation import JSONParser, parse_changes, parse_user_update, parse_users, user_id_error
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 404, 413, 415)}
 
@@ -96,6 +97,14 @@ class AudienceChangesView(IngestView):
         audience = audience_get_live(audience_id)
         changes = parse_changes(request.data)
         result = membership_changes_apply(audience=audience, changes=changes, outbox=OUTBOX)
+        return Response({"accepted": result.accepted, "ignored": result.ignored}, status=status.HTTP_202_ACCEPTED)
+
+
+class UserListView(IngestView):
+    @extend_schema(request=s.UsersSerializer, responses={202: s.UsersResponseSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        """Create or update up to 10,000 users at once, in order, validated whole (contract section 9)."""
+        result = users_update(users=parse_users(request.data), outbox=OUTBOX)
         return Response({"accepted": result.accepted, "ignored": result.ignored}, status=status.HTTP_202_ACCEPTED)
 
 

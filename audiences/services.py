@@ -275,6 +275,68 @@ def _audience_shared_lock(audience_id: int) -> datetime | None:
     return sql.audience_lock_orm(audience_id)
 
 
+@dataclass(frozen=True)
+class UserIn:
+    """One validated item of `POST /api/v1/users`."""
+
+    user_id: str
+    identities: Identities | None = None
+    attributes: Attributes | None = None
+
+
+@dataclass
+class UsersResult:
+    accepted: int = 0
+    ignored: int = 0
+
+
+@atomic_with_retry
+def users_update(*, users: list[UserIn], outbox: Outbox) -> UsersResult:
+    """`user_update` for a batch, in order, in one transaction with one statement per table: new users are created,
+    identities replaced (with their identity changes), attributes merged. An item that changes nothing is ignored."""
+    first_identities: dict[str, Identities | None] = {}
+    for item in users:
+        first_identities.setdefault(item.user_id, item.identities)
+    existing = set(User.objects.filter(external_id__in=list(first_identities)).values_list("external_id", flat=True))
+    texts = sql.JsonTexts()
+    rows = _lock_users(first_identities, None, texts)[0]
+    pks = [rows[user_id].pk for user_id in first_identities]
+    elsewhere = _member_elsewhere([rows[item.user_id].pk for item in users if item.identities is not None], None)
+    stored = dict(User.objects.filter(pk__in=pks).values_list("pk", "attributes"))
+    attributes = dict(stored)
+    log = _ChangeLog(texts, outbox)
+    result, now, errors = UsersResult(), now_timestamp(), {}
+    for index, item in enumerate(users):
+        row = rows[item.user_id]
+        changed = item.user_id not in existing
+        existing.add(item.user_id)
+        if item.identities is not None and item.identities != row.identities:
+            _identities_changed(log, row, item.identities, now, elsewhere.get(row.pk, []))
+            changed = True
+        if item.attributes:
+            merged = attributes_merged(attributes[row.pk], item.attributes)
+            for path, message in attributes_count_error(merged, f"users[{index}].attributes"):
+                errors[path] = [message]
+            changed = changed or merged != attributes[row.pk]
+            attributes[row.pk] = merged
+        result.accepted += changed
+        result.ignored += not changed
+    if errors:
+        raise ValidationError(errors)
+    log.save()
+    moment = timezone.now()
+    User.objects.bulk_update(
+        [
+            User(pk=pk, attributes=value, attribute_times=attribute_times(value), updated_at=moment)
+            for pk, value in attributes.items()
+            if value != stored[pk]
+        ],
+        ["attributes", "attribute_times", "updated_at"],
+        batch_size=1000,
+    )
+    return result
+
+
 def user_identities_update(*, user_id: str, identities: Identities, outbox: Outbox) -> User:
     """Replace a user's identities; every audience where the user is a member gets an identity change."""
     return user_update(user_id=user_id, identities=identities, outbox=outbox)

@@ -477,3 +477,57 @@ def test_the_openapi_document_and_docs_page_are_served():
 def test_the_body_limit_is_a_setting(api, audience):
     payload = {"changes": [{"user_id": f"u{n}", "is_member": True} for n in range(10)]}
     assert api.post(f"/api/v1/audiences/{audience.pk}/changes", payload, format="json").status_code == 413
+
+
+# --- users in bulk ------------------------------------------------------------------------------------------------
+
+
+def test_post_users_creates_and_updates_users_in_order_and_counts_what_changed_nothing(
+    api, audience, connection, stream
+):
+    joined = api.post(
+        f"/api/v1/audiences/{audience.pk}/changes",
+        {"changes": [{"user_id": "member", "is_member": True, "identities": {"CustomerId": "old"}}]},
+        format="json",
+    )
+    assert joined.status_code == 202
+    users = [
+        {"user_id": "new", "attributes": {"plan": "pro"}},
+        {"user_id": "member", "identities": {"CustomerId": "new"}, "attributes": {"score": 1}},
+        {"user_id": "new", "attributes": {"plan": None, "seen": "2026-11-30T12:00:00Z"}},
+        {"user_id": "member", "attributes": {"score": 1}},  # changes nothing
+        {"user_id": "new"},  # changes nothing
+    ]
+
+    response = api.post("/api/v1/users", {"users": users}, format="json")
+
+    assert response.status_code == 202, response.content
+    assert response.json() == {"accepted": 3, "ignored": 2}
+    new, member = User.objects.get(external_id="new"), User.objects.get(external_id="member")
+    assert new.attributes == {"seen": "2026-11-30T12:00:00Z"} and new.attribute_times == {"seen": 1796040000.0}
+    assert member.identities == {"CustomerId": "new"} and member.attributes == {"score": 1}
+    drain(connection)
+    assert [record["UserIdentities"] for record in stream.records()] == [
+        {"CustomerId": "old"},  # the join
+        {"CustomerId": "old"},  # IsMember false with the identities the member had
+        {"CustomerId": "new"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"users": [{"user_id": "a"}, {"attributes": {"plan": "x"}}]}, "users[1].user_id"),
+        ({"users": [{"user_id": "a", "attributes": {"plan": {}}}]}, "users[0].attributes.plan"),
+        ({"users": [{"user_id": "a", "identities": {"Nope": "x"}}]}, "users[0].identities.Nope"),
+        ({"users": [{"user_id": "a", "extra": 1}]}, "users[0].extra"),
+        ({"users": [{"user_id": "a", "attributes": {f"k{n}": n for n in range(201)}}]}, "users[0].attributes"),
+        ({"users": []}, "users"),
+        ({"users": [{"user_id": f"u{n}"} for n in range(10_001)]}, "users"),
+        ({"people": []}, "people"),
+    ],
+)
+def test_a_bad_batch_of_users_is_refused_with_its_field_and_nothing_is_stored(api, payload, field):
+    response = api.post("/api/v1/users", payload, format="json")
+    assert response.status_code == 400 and field in fields(response), response.content
+    assert not User.objects.exists()

@@ -17,6 +17,7 @@ def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
     total = DrainReport()
     deadline = time.monotonic() + max_wait
     while time.monotonic() < deadline:
+        started = timezone.now()
         report = DrainReport()
         for shard in reversed(range(delivery_shard_count())):  # shard 0 last: an audience deletion waits there
             shard_report = connection_drain(connection.pk, shard, time_budget=max_wait)
@@ -29,7 +30,8 @@ def drain(connection: Connection, *, max_wait: float = 30.0) -> DrainReport:
         connection.refresh_from_db()
         if connection.status != Connection.Status.ACTIVE:
             break
-        if connection.next_attempt_at and connection.next_attempt_at > timezone.now():
+        # A retry due after the round started may have kept it from sending, even if it is due by now.
+        if connection.next_attempt_at and connection.next_attempt_at > started:
             time.sleep(max(0.0, (connection.next_attempt_at - timezone.now()).total_seconds()) + 0.01)
             continue
         if not report.more_work and report.batches == 0:

@@ -254,12 +254,6 @@ class ConfigurationUpdateSerializer(ConfigurationSerializer):
 # --- connections ------------------------------------------------------------------------------------------------
 
 
-class ResyncSerializer(serializers.Serializer):
-    running = serializers.BooleanField()
-    total = serializers.IntegerField()
-    queued = serializers.IntegerField()
-
-
 class ConnectionSerializer(StrictSerializer):
     id = serializers.IntegerField(read_only=True)
     audience = IdField()

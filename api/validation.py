@@ -14,7 +14,7 @@ from django.conf import settings
 from rest_framework import exceptions, parsers
 
 from audiences.attributes import Attributes, attribute_errors
-from audiences.identities import Identities, identity_errors
+from audiences.identities import Identities, identity_errors, text_error
 from audiences.models import User
 from audiences.services import ChangeIn, UserIn
 
@@ -70,23 +70,6 @@ def _parse_int(digits: str) -> int:
         return int(digits)
     except ValueError:  # over Python's limit on the digits it converts (sys.get_int_max_str_digits)
         raise ValueError("A number has too many digits") from None
-
-
-def text_error(value: Any, *, max_length: int, allow_empty: bool = False) -> str | None:
-    """The message for a bad string, or None: type, length, NUL characters and unpaired surrogates."""
-    if not isinstance(value, str):
-        return "Must be a string."
-    if not value and not allow_empty:
-        return "Must not be empty."
-    if len(value) > max_length:
-        return f"Must be at most {max_length} characters."
-    if "\x00" in value:
-        return "Must not contain NUL characters."
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "Must be valid Unicode (no unpaired surrogates)."
-    return None
 
 
 def user_id_error(value: Any) -> str | None:

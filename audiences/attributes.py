@@ -12,6 +12,8 @@ import re
 from datetime import datetime
 from typing import Any
 
+from .identities import text_error
+
 Attributes = dict[str, Any]
 
 KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -50,15 +52,7 @@ def is_finite_number(value: Any) -> bool:
 
 
 def _text_error(value: str) -> str | None:
-    if len(value) > MAX_TEXT_LENGTH:
-        return f"Must be at most {MAX_TEXT_LENGTH} characters."
-    if "\x00" in value:
-        return "Must not contain NUL characters."
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "Must be valid Unicode (no unpaired surrogates)."
-    return None
+    return text_error(value, max_length=MAX_TEXT_LENGTH, allow_empty=True)
 
 
 def attribute_value_error(value: Any) -> str | None:

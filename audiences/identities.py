@@ -53,6 +53,23 @@ Identities = dict[str, str]
 identities_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
+def text_error(value: Any, *, max_length: int, allow_empty: bool = False) -> str | None:
+    """The message for a bad string, or None: type, length, NUL characters and unpaired surrogates."""
+    if not isinstance(value, str):
+        return "Must be a string."
+    if not value and not allow_empty:
+        return "Must not be empty."
+    if len(value) > max_length:
+        return f"Must be at most {max_length} characters."
+    if "\x00" in value:
+        return "Must not contain NUL characters."
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Must be valid Unicode (no unpaired surrogates)."
+    return None
+
+
 def identity_errors(value: Any, path: str) -> list[tuple[str, str]]:
     """Return (field path, message) pairs for everything wrong with an identities object."""
     if not isinstance(value, dict):
@@ -62,25 +79,9 @@ def identity_errors(value: Any, path: str) -> list[tuple[str, str]]:
         field = f"{path}.{key}"
         if key not in IDENTITY_KEY_SET:
             errors.append((field, f"Unknown identity key '{key}'."))
-        elif not isinstance(item, str):
-            errors.append((field, "Must be a string."))
-        elif not item:
-            errors.append((field, "Must not be empty."))
-        elif len(item) > MAX_IDENTITY_LENGTH:
-            errors.append((field, f"Must be at most {MAX_IDENTITY_LENGTH} characters."))
-        elif "\x00" in item:
-            errors.append((field, "Must not contain NUL characters."))
-        elif not _is_encodable(item):
-            errors.append((field, "Must be valid Unicode (no unpaired surrogates)."))
+        elif (message := text_error(item, max_length=MAX_IDENTITY_LENGTH)) is not None:
+            errors.append((field, message))
     return errors
-
-
-def _is_encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class IdentitiesField(models.TextField):
